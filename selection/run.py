@@ -1,0 +1,75 @@
+"""`python -m selection.run`: select an anomaly detector for a task without labelled anomalies."""
+
+import argparse
+import sys
+
+from selection.candidates import LAYERS, OFFLINE_BACKBONES
+from selection.pipeline import SelectionConfig, format_report, run_selection
+from selection.tasks import available_task_kinds
+from selection.tracking import DEFAULT_TRACKING_URI
+
+DEFAULT_TASK = "elpv"  # installs from PyPI, so the default run works offline
+DEFAULT_TASK_LIMITS = {"max_support": 240, "max_validation": 200}  # keeps the default run to a few minutes
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def parse_args(argv=None) -> SelectionConfig:
+    parser = argparse.ArgumentParser(
+        prog="python -m selection.run",
+        description="Rank candidate anomaly detectors on a synthetic validation set (SWSA), compare with real "
+                    "labels where the task has them, and register the pick in the MLflow model registry.",
+    )
+    parser.add_argument("--task", default=None,
+                        help=f"task to select for: {', '.join(available_task_kinds())} "
+                             f"(default: {DEFAULT_TASK}, subsampled to {DEFAULT_TASK_LIMITS})")
+    parser.add_argument("--data-root", help="dataset root (else $ANOMALY_DATA_ROOT, else ./data)")
+    parser.add_argument("--generators", type=_csv, default=("cutpaste",), help="comma-separated (default cutpaste)")
+    parser.add_argument("--backbones", "--candidates", type=_csv, default=OFFLINE_BACKBONES,
+                        help="comma-separated backbones; timm models as timm:<name> or timm:<name>@<weights file> "
+                             f"(default: {','.join(OFFLINE_BACKBONES)})")
+    parser.add_argument("--layers", type=_csv, default=LAYERS, help="comma-separated: last, mid (default both)")
+    parser.add_argument("--k", type=int, default=3, help="neighbours in deep kNN (default 3)")
+    parser.add_argument("--no-controls", dest="controls", action="store_false",
+                        help="skip the negative controls (random-weight backbones, raw-pixel kNN)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-seed", type=int, default=20, help="seed images for the generators (default 20)")
+    parser.add_argument("--n-anomalies", type=int, default=100, help="synthetic anomalies per generator (default 100)")
+    parser.add_argument("--heldout-fraction", type=float, default=0.2,
+                        help="fraction of the support set held out as validation normals (default 0.2)")
+    parser.add_argument("--max-support", type=int, help="subsample the support set to at most this many images")
+    parser.add_argument("--max-validation", type=int, help="subsample the real validation set (stratified)")
+    parser.add_argument("--tracking-uri", help=f"MLflow tracking URI (default {DEFAULT_TRACKING_URI})")
+    parser.add_argument("--experiment", default="anomaly-selection", help="MLflow experiment name")
+    parser.add_argument("--model-name", help="registered model name (default anomaly-<task>)")
+    parser.add_argument("--no-register", dest="register", action="store_false", help="do not register the pick")
+    parser.add_argument("--store", default="mlruns/synthetic", help="where synthetic validation sets are stored")
+    parser.add_argument("--device", default="cpu", help="torch device for backbones, e.g. cuda (default cpu)")
+    args = vars(parser.parse_args(argv))
+    if args["task"] is None:
+        args["task"] = DEFAULT_TASK
+        for key, value in DEFAULT_TASK_LIMITS.items():
+            args[key] = args[key] or value
+    return SelectionConfig(**args)
+
+
+def main(argv=None) -> int:
+    config = parse_args(argv)
+    try:
+        result = run_selection(config)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_report(result))
+    if result.promotion:
+        p = result.promotion
+        print(f"registered {p.model_name} v{p.version} as @{p.alias}: {p.reason}")
+    print(f"MLflow run {result.run_id}; browse with: mlflow ui --backend-store-uri "
+          f"{config.tracking_uri or DEFAULT_TRACKING_URI}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

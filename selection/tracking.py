@@ -1,0 +1,78 @@
+"""Everything selection records in MLflow: the selection's parent run, a child run per candidate, the
+synthetic validation sets as MLflow datasets, and the leaderboard. The only module that logs runs."""
+
+import json
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.data.artifact_dataset_sources import LocalArtifactDatasetSource
+
+from selection.validation_set import ValidationSet
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+
+
+def configure(tracking_uri: str | None, experiment: str) -> str:
+    """Point MLflow at the store; the local default keeps database and artifacts under ./mlruns."""
+    uri = tracking_uri or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment)
+    return uri
+
+
+def as_mlflow_dataset(validation_set: ValidationSet, task: str):
+    return mlflow.data.from_pandas(
+        validation_set.manifest,
+        source=LocalArtifactDatasetSource(str(validation_set.directory)),
+        name=f"{task}/{validation_set.generator}",
+        digest=validation_set.digest,
+        targets="label",
+    )
+
+
+def _dataset_tags(validation_set: ValidationSet) -> dict[str, str]:
+    return {"generator": validation_set.generator, "rejected_invisible": str(validation_set.rejected)}
+
+
+@contextmanager
+def selection_run(task: str, params: dict, validation_sets: list[ValidationSet]):
+    """The parent run of one selection; the validation sets are logged as its inputs."""
+    with mlflow.start_run(run_name=f"select {task}") as run:
+        mlflow.log_params(params)
+        mlflow.set_tags({"task": task, "kind": "selection"})
+        for validation_set in validation_sets:
+            mlflow.log_input(as_mlflow_dataset(validation_set, task), context="validation",
+                             tags=_dataset_tags(validation_set))
+            mlflow.log_artifact(str(validation_set.directory / "generation.json"),
+                                artifact_path=f"validation_sets/{validation_set.generator}")
+        yield run
+
+
+def log_candidate(task: str, name: str, params: dict, metrics: dict[str, float],
+                  validation_sets: list[ValidationSet], is_control: bool) -> str:
+    """A child run of the active selection run; returns its run id."""
+    with mlflow.start_run(run_name=name, nested=True) as run:
+        mlflow.log_params(params)
+        mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})  # NaN: metric not defined here
+        mlflow.set_tags({"task": task, "kind": "candidate", "candidate": name,
+                         "negative_control": str(is_control).lower()})
+        for validation_set in validation_sets:
+            mlflow.log_input(as_mlflow_dataset(validation_set, task), context="validation",
+                             tags=_dataset_tags(validation_set))
+        return run.info.run_id
+
+
+def log_summary(leaderboard: pd.DataFrame, metrics: dict[str, float], tags: dict[str, str], report: str) -> None:
+    mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})
+    mlflow.set_tags(tags)
+    with tempfile.TemporaryDirectory() as tmp:
+        leaderboard.to_csv(Path(tmp) / "leaderboard.csv", index=False)
+        (Path(tmp) / "leaderboard.md").write_text(report)
+        mlflow.log_artifact(str(Path(tmp) / "leaderboard.csv"))
+        mlflow.log_artifact(str(Path(tmp) / "leaderboard.md"))
+    mlflow.log_text(json.dumps(tags, indent=2), "selection.json")
