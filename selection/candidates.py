@@ -36,10 +36,11 @@ class Candidate:
 
 
 def default_candidates(backbones=OFFLINE_BACKBONES, layers=LAYERS, k: int = 3, controls: bool = True) -> list[Candidate]:
-    """Every backbone at every layer with ImageNet weights; with `controls`, the same randomly initialised,
-    plus raw-pixel kNN."""
+    """Every backbone at every layer with ImageNet weights; with `controls`, the first backbone randomly
+    initialised (one random network suffices as a control and costs a forward pass per image) and raw-pixel kNN."""
     candidates = [Candidate(b, "imagenet", layer, "avg", k) for b in backbones for layer in layers]
     if controls:
-        candidates += [Candidate(b, "random", layer, "avg", k) for b in backbones for layer in layers]
+        if backbones:
+            candidates += [Candidate(backbones[0], "random", layer, "avg", k) for layer in layers]
         candidates += [Candidate(p, "none", "raw", "avg", k) for p in PIXEL_CONTROLS]
     return candidates

@@ -14,3 +14,30 @@ def mvtec_root() -> Path:
     if not (MVTEC_ROOT / "bottle" / "train" / "good").is_dir():
         pytest.skip(f"MVTec AD bottle not found at {MVTEC_ROOT} (CI has it beside the project as ../shared)")
     return MVTEC_ROOT
+
+
+@pytest.fixture(scope="session")
+def _migrated_mlflow_db(tmp_path_factory) -> Path:
+    """A fresh SQLite store runs MLflow's migrations (seconds): do it once, copy it per test."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def tracking_uri(_migrated_mlflow_db, tmp_path, monkeypatch) -> str:
+    import shutil
+
+    import mlflow
+
+    store = tmp_path / "mlruns"
+    store.mkdir()
+    shutil.copy(_migrated_mlflow_db, store / "mlflow.db")
+    monkeypatch.chdir(tmp_path)  # run artifacts land in ./mlruns, beside the database
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    if mlflow.active_run():
+        mlflow.end_run()

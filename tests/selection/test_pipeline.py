@@ -1,0 +1,101 @@
+"""End to end on the real MVTec AD bottle data, with MLflow's real SQLite store and registry."""
+
+import shutil
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from selection.pipeline import SelectionConfig, run_selection
+from selection.registry import CHALLENGER, CHAMPION
+from selection.run import main
+
+
+@pytest.fixture
+def bottle_config(mvtec_root, tracking_uri, tmp_path):
+    return SelectionConfig(task="mvtec/bottle", data_root=str(mvtec_root), backbones=("mobilenet_v2",),
+                           n_anomalies=40, tracking_uri=tracking_uri, store=str(tmp_path / "synthetic"),
+                           experiment="e2e")
+
+
+def test_selection_on_bottle_records_everything_and_promotes_the_pick(bottle_config):
+    result = run_selection(bottle_config)
+    board = result.leaderboard
+    assert len(board) == 6  # mobilenet_v2 imagenet x 2 layers, its random twin x 2, two pixel controls
+    assert set(board["control"]) == {True, False}
+    assert board["real_auroc"].between(0, 1).all() and board["synthetic_auroc"].between(0, 1).all()
+    assert board["synthetic_auroc"].is_monotonic_decreasing
+    assert result.pick.name == board.iloc[0]["candidate"]
+    pretrained = board[~board["control"]]
+    assert pretrained["real_auroc"].max() > 0.9  # MobileNetV2 features separate broken bottles well
+
+    comparison = result.comparisons["cutpaste"]
+    assert -1 <= comparison.tau <= 1 and 0 <= comparison.p_value <= 1
+    assert comparison.regret == pytest.approx(board["real_auroc"].max() - comparison.pick_real_auroc)
+    assert comparison.baseline == "knn/mobilenet_v2/imagenet/last/avg/k3"
+
+    client = MlflowClient()
+    parent = client.get_run(result.run_id)
+    assert parent.data.tags["pick"] == result.pick.name
+    assert "kendall_tau/cutpaste" in parent.data.metrics
+    dataset_inputs = parent.inputs.dataset_inputs
+    assert len(dataset_inputs) == 1
+    assert dataset_inputs[0].dataset.digest == result.validation_sets[0].digest
+    assert {t.key: t.value for t in dataset_inputs[0].tags}["mlflow.data.context"] == "validation"
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'")
+    assert {c.data.tags["candidate"] for c in children} == set(board["candidate"])
+    for child in children:
+        assert set(child.data.metrics) >= {"synthetic_auroc", "real_auroc"}
+        assert child.inputs.dataset_inputs[0].dataset.digest == result.validation_sets[0].digest
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"leaderboard.csv", "leaderboard.md"} <= artifacts
+
+    assert result.promotion.alias == CHAMPION
+    version = client.get_model_version_by_alias(result.promotion.model_name, CHAMPION)
+    assert version.tags["dataset_digest"] == result.validation_sets[0].digest
+    assert float(version.tags["real_auroc"]) == pytest.approx(comparison.pick_real_auroc)
+    model = mlflow.pyfunc.load_model(f"models:/{result.promotion.model_name}@champion")
+    real = result.task.validation
+    scores = model.predict([str(item.path) for item in real])
+    labels = np.array([item.label for item in real])
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(labels, scores) == pytest.approx(comparison.pick_real_auroc)
+
+
+def test_second_run_reuses_the_synthetic_set_and_keeps_the_champion(bottle_config):
+    first = run_selection(bottle_config)
+    second = run_selection(bottle_config)
+    assert not first.validation_sets[0].reused and second.validation_sets[0].reused
+    assert second.validation_sets[0].digest == first.validation_sets[0].digest
+    assert second.leaderboard.equals(first.leaderboard)  # seeded end to end
+    assert second.promotion.alias == CHALLENGER  # equal, not better, on the same set
+
+
+def test_different_seed_gives_a_different_synthetic_set(bottle_config):
+    first = run_selection(bottle_config)
+    bottle_config.seed = 1
+    bottle_config.register = False
+    second = run_selection(bottle_config)
+    assert second.validation_sets[0].digest != first.validation_sets[0].digest
+
+
+def test_bad_input_fails_clearly_and_loses_nothing_recorded(bottle_config, mvtec_root, tmp_path, capsys):
+    run_selection(bottle_config)
+    runs_before = len(mlflow.search_runs(experiment_names=["e2e"]))
+
+    data = tmp_path / "broken" / "bottle"
+    shutil.copytree(mvtec_root / "bottle", data)
+    (data / "train" / "good" / "005.png").write_bytes(b"not a png")
+    args = ["--task", "mvtec/bottle", "--data-root", str(tmp_path / "broken"), "--tracking-uri",
+            bottle_config.tracking_uri, "--experiment", "e2e", "--store", bottle_config.store]
+    assert main(args) == 2
+    assert "005.png" in capsys.readouterr().err
+
+    assert main(["--task", "mvtec/bottle", "--data-root", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+    assert len(mlflow.search_runs(experiment_names=["e2e"])) == runs_before
+    assert str(MlflowClient().get_model_version_by_alias("anomaly-mvtec-bottle", CHAMPION).version) == "1"
