@@ -69,6 +69,10 @@ class FeatureCache:
         self._compute_missing(model, images, digests)
         return np.stack([self._vectors[backbone, weights, digest][layer, pooling] for digest in digests])
 
+    def n_images(self, backbone: str, weights: str) -> int:
+        """How many distinct images have features from this backbone in memory."""
+        return sum(1 for key in self._vectors if key[:2] == (backbone, weights))
+
     def clear(self) -> None:
         """Forget the features kept in memory (the backbones, counters and the directory stay)."""
         self._vectors.clear()
