@@ -3,12 +3,13 @@ synthetic validation sets as MLflow datasets, and the leaderboard. The only modu
 
 import json
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
 import pandas as pd
-from mlflow.data.artifact_dataset_sources import LocalArtifactDatasetSource
+from mlflow.data.dataset_source_registry import resolve_dataset_source
 
 from selection.validation_set import ValidationSet
 
@@ -25,10 +26,18 @@ def configure(tracking_uri: str | None, experiment: str) -> str:
     return uri
 
 
+def _local_source(directory: Path):
+    # MLflow registers its local artifact source under two schemes and warns that a path is ambiguous;
+    # both resolve to the same class.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        return resolve_dataset_source(directory.resolve().as_uri())
+
+
 def as_mlflow_dataset(validation_set: ValidationSet, task: str):
     return mlflow.data.from_pandas(
         validation_set.manifest,
-        source=LocalArtifactDatasetSource(str(validation_set.directory)),
+        source=_local_source(validation_set.directory),
         name=f"{task}/{validation_set.generator}",
         digest=validation_set.digest,
         targets="label",
