@@ -91,7 +91,8 @@ class FeatureCache:
         if not missing:
             return
         pending = list(missing.items())
-        with tqdm(total=len(pending), desc=f"features {model.name} ({model.weights})", unit="image") as progress:
+        with tqdm(total=len(pending), desc=f"features {model.name} ({model.weights})", unit="image",
+                  leave=False) as progress:
             for start in range(0, len(pending), self.batch_size):
                 chunk = pending[start:start + self.batch_size]
                 pooled = self._forward(model, _preprocess(model, [image for _, image in chunk]))

@@ -36,11 +36,10 @@ class Candidate:
 
 
 def default_candidates(backbones=OFFLINE_BACKBONES, layers=LAYERS, k: int = 3, controls: bool = True) -> list[Candidate]:
-    """Every backbone at every layer with ImageNet weights; with `controls`, the first backbone randomly
-    initialised (one random network suffices as a control and costs a forward pass per image) and raw-pixel kNN."""
-    candidates = [Candidate(b, "imagenet", layer, "avg", k) for b in backbones for layer in layers]
+    """Every backbone at every layer with ImageNet weights; with `controls`, each of them randomly initialised
+    too (the same architecture without what pretraining taught it) and raw-pixel kNN."""
+    weights = ("imagenet", "random") if controls else ("imagenet",)
+    candidates = [Candidate(b, w, layer, "avg", k) for w in weights for b in backbones for layer in layers]
     if controls:
-        if backbones:
-            candidates += [Candidate(backbones[0], "random", layer, "avg", k) for layer in layers]
         candidates += [Candidate(p, "none", "raw", "avg", k) for p in PIXEL_CONTROLS]
     return candidates

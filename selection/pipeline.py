@@ -150,12 +150,13 @@ def _control_warnings(leaderboard: pd.DataFrame) -> list[str]:
 
 def _compare(leaderboard: pd.DataFrame, validation_sets, baseline: Candidate | None) -> dict[str, RankingComparison]:
     real = dict(zip(leaderboard["candidate"], leaderboard["real_auroc"]))
+    pretrained = set(leaderboard.loc[~leaderboard["control"], "candidate"])
     columns = {vs.generator: f"synthetic_auroc/{vs.generator}" for vs in validation_sets}
     if len(validation_sets) > 1:
         columns[MEAN] = "synthetic_auroc"
     return {
         name: compare_rankings(dict(zip(leaderboard["candidate"], leaderboard[column])), real,
-                               baseline.name if baseline else None)
+                               baseline.name if baseline else None, pretrained)
         for name, column in columns.items()
     }
 
@@ -204,6 +205,9 @@ def _summary(result: SelectionResult) -> tuple[dict[str, float], dict[str, str]]
         metrics.update({f"kendall_tau/{name}": comparison.tau, f"kendall_p/{name}": comparison.p_value,
                         f"regret/{name}": comparison.regret, f"pick_real_auroc/{name}": comparison.pick_real_auroc,
                         f"oracle_real_auroc/{name}": comparison.oracle_real_auroc})
+        if comparison.pretrained_tau is not None:
+            metrics[f"kendall_tau_pretrained/{name}"] = comparison.pretrained_tau
+            metrics[f"kendall_p_pretrained/{name}"] = comparison.pretrained_p_value
         if comparison.baseline_regret is not None:
             metrics[f"largest_model_regret/{name}"] = comparison.baseline_regret
         tags[f"oracle/{name}"] = comparison.oracle
@@ -222,7 +226,10 @@ def format_report(result: SelectionResult) -> str:
                      f"{vs.rejected} invisible draws rejected)")
     lines.append(f"pick: {result.pick.name}")
     for name, c in result.comparisons.items():
-        lines.append(f"[{name}] Kendall tau-b {c.tau:.3f} (p={c.p_value:.2g}); pick real AUROC {c.pick_real_auroc:.4f}; "
+        among_pretrained = ("" if c.pretrained_tau is None else
+                            f", among pretrained {c.pretrained_tau:.3f} (p={c.pretrained_p_value:.2g})")
+        lines.append(f"[{name}] Kendall tau-b {c.tau:.3f} (p={c.p_value:.2g}){among_pretrained}; "
+                     f"pick real AUROC {c.pick_real_auroc:.4f}; "
                      f"oracle {c.oracle} {c.oracle_real_auroc:.4f}; regret {c.regret:.4f}"
                      + (f"; largest model {c.baseline} regret {c.baseline_regret:.4f}" if c.baseline else ""))
     if not result.comparisons:

@@ -9,37 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import numpy as np
-import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from detectors import DeepKNN, load_rgb
+import detectors
+from detectors import DeepKNN
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-
-
-class DetectorModel(mlflow.pyfunc.PythonModel):
-    """Scores images with a fitted detector. Input: a DataFrame with a `path` column, a list of paths,
-    an (N, H, W, 3) uint8 array or a list of such images. Output: anomaly scores, higher = more anomalous."""
-
-    def load_context(self, context):
-        self.detector = DeepKNN.load(context.artifacts["detector"])
-
-    def predict(self, context, model_input, params=None):
-        return self.detector.anomaly_scores(_as_images(model_input))
-
-
-def _as_images(model_input) -> list[np.ndarray]:
-    if isinstance(model_input, pd.DataFrame):
-        column = "path" if "path" in model_input.columns else model_input.columns[0]
-        model_input = model_input[column].tolist()
-    if isinstance(model_input, np.ndarray) and model_input.ndim == 4:
-        return list(model_input)
-    images = []
-    for item in model_input:
-        images.append(item if isinstance(item, np.ndarray) else load_rgb(item))
-    return images
 
 
 @dataclass(frozen=True)
@@ -57,8 +33,9 @@ def register_and_promote(model_name: str, detector: DeepKNN, evidence: dict[str,
         detector.save(Path(tmp) / "detector")
         info = mlflow.pyfunc.log_model(
             name="detector",
-            python_model=DetectorModel(),
+            python_model=str(Path(__file__).with_name("detector_model.py")),
             artifacts={"detector": str(Path(tmp) / "detector")},
+            code_paths=[str(Path(detectors.__file__).parent)],
             registered_model_name=model_name,
             pip_requirements=_requirements(),
         )

@@ -42,23 +42,35 @@ class RankingComparison:
     regret: float  # oracle - pick, in real AUROC
     baseline: str | None  # the largest pretrained model: what a user picks without evidence
     baseline_regret: float | None
+    pretrained_tau: float | None = None  # tau among the pretrained candidates only: can it tell good from better?
+    pretrained_p_value: float | None = None
+
+
+def _kendall(synthetic: dict[str, float], real: dict[str, float], names: list[str]) -> tuple[float, float]:
+    tau, p_value = kendalltau([synthetic[n] for n in names], [real[n] for n in names], variant="b")
+    return float(tau), float(p_value)
 
 
 def compare_rankings(
-    synthetic: dict[str, float], real: dict[str, float], baseline: str | None = None
+    synthetic: dict[str, float], real: dict[str, float], baseline: str | None = None,
+    pretrained: set[str] | None = None,
 ) -> RankingComparison:
-    """`synthetic` and `real` map candidate names to AUROC over the same candidates."""
+    """`synthetic` and `real` map candidate names to AUROC over the same candidates; `pretrained` names the
+    candidates that are not negative controls."""
     if set(synthetic) != set(real):
         raise ValueError("synthetic and real AUROC must cover the same candidates")
     if len(synthetic) < 2:
         raise ValueError("ranking comparison needs at least two candidates")
     names = sorted(synthetic)
-    tau, p_value = kendalltau([synthetic[n] for n in names], [real[n] for n in names], variant="b")
+    tau, p_value = _kendall(synthetic, real, names)
+    pretrained_names = sorted(set(names) & (pretrained or set()))
+    pretrained_tau, pretrained_p = (
+        _kendall(synthetic, real, pretrained_names) if len(pretrained_names) >= 2 else (None, None))
     pick = max(names, key=synthetic.__getitem__)
     oracle = max(names, key=real.__getitem__)
     return RankingComparison(
-        tau=float(tau),
-        p_value=float(p_value),
+        tau=tau,
+        p_value=p_value,
         pick=pick,
         pick_real_auroc=real[pick],
         oracle=oracle,
@@ -66,4 +78,6 @@ def compare_rankings(
         regret=real[oracle] - real[pick],
         baseline=baseline,
         baseline_regret=None if baseline is None else real[oracle] - real[baseline],
+        pretrained_tau=pretrained_tau,
+        pretrained_p_value=pretrained_p,
     )

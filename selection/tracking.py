@@ -26,22 +26,20 @@ def configure(tracking_uri: str | None, experiment: str) -> str:
     return uri
 
 
-def _local_source(directory: Path):
-    # MLflow registers its local artifact source under two schemes and warns that a path is ambiguous;
-    # both resolve to the same class.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-        return resolve_dataset_source(directory.resolve().as_uri())
-
-
 def as_mlflow_dataset(validation_set: ValidationSet, task: str):
-    return mlflow.data.from_pandas(
-        validation_set.manifest,
-        source=_local_source(validation_set.directory),
-        name=f"{task}/{validation_set.generator}",
-        digest=validation_set.digest,
-        targets="label",
-    )
+    with warnings.catch_warnings():
+        # MLflow registers its local artifact source under two schemes and calls a path ambiguous (both resolve
+        # to the same class); its schema inference hints that integer columns cannot hold missing values
+        # (the manifest has none).
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+        return mlflow.data.from_pandas(
+            validation_set.manifest,
+            source=resolve_dataset_source(validation_set.directory.resolve().as_uri()),
+            name=f"{task}/{validation_set.generator}",
+            digest=validation_set.digest,
+            targets="label",
+        )
 
 
 def _dataset_tags(validation_set: ValidationSet) -> dict[str, str]:

@@ -1,5 +1,6 @@
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
@@ -53,3 +54,4 @@ def test_champion_scores_images_like_the_detector(tracking_uri, fitted_detector,
     expected = fitted_detector.anomaly_scores(images)
     np.testing.assert_allclose(model.predict(paths), expected, rtol=1e-6)
     np.testing.assert_allclose(model.predict(np.stack(images)), expected, rtol=1e-6)
+    np.testing.assert_allclose(model.predict(pd.DataFrame({"path": paths})), expected, rtol=1e-6)

@@ -48,6 +48,15 @@ def test_ranking_comparison_against_scipy_and_by_hand():
     assert comparison.pick == "a" and comparison.oracle == "b"
     assert comparison.regret == pytest.approx(0.10)
     assert comparison.baseline_regret == pytest.approx(0.35)
+    assert comparison.pretrained_tau is None
+
+
+def test_tau_among_pretrained_candidates_ignores_the_controls():
+    synthetic = {"a": 0.9, "b": 0.8, "c": 0.7, "control": 0.1}
+    real = {"a": 0.7, "b": 0.8, "c": 0.9, "control": 0.2}
+    comparison = compare_rankings(synthetic, real, pretrained={"a", "b", "c"})
+    assert comparison.pretrained_tau == pytest.approx(-1.0)  # the three pretrained are in reverse order
+    assert comparison.tau == pytest.approx(0.0)  # 3 concordant pairs with the control, 3 discordant among the rest
 
 
 def test_ranking_comparison_needs_the_same_candidates():
