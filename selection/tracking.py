@@ -27,23 +27,26 @@ def configure(tracking_uri: str | None, experiment: str) -> str:
 
 
 def as_mlflow_dataset(validation_set: ValidationSet, task: str):
+    return mlflow.data.from_pandas(
+        validation_set.manifest,
+        source=resolve_dataset_source(validation_set.directory.resolve().as_uri()),
+        name=f"{task}/{validation_set.generator}",
+        digest=validation_set.digest,
+        targets="label",
+    )
+
+
+def log_validation_input(validation_set: ValidationSet, task: str) -> None:
+    """Log the set as an input of the active run, with context "validation"."""
     with warnings.catch_warnings():
         # MLflow registers its local artifact source under two schemes and calls a path ambiguous (both resolve
         # to the same class); its schema inference hints that integer columns cannot hold missing values
         # (the manifest has none).
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
-        return mlflow.data.from_pandas(
-            validation_set.manifest,
-            source=resolve_dataset_source(validation_set.directory.resolve().as_uri()),
-            name=f"{task}/{validation_set.generator}",
-            digest=validation_set.digest,
-            targets="label",
-        )
-
-
-def _dataset_tags(validation_set: ValidationSet) -> dict[str, str]:
-    return {"generator": validation_set.generator, "rejected_invisible": str(validation_set.rejected)}
+        mlflow.log_input(as_mlflow_dataset(validation_set, task), context="validation",
+                         tags={"generator": validation_set.generator,
+                               "rejected_invisible": str(validation_set.rejected)})
 
 
 @contextmanager
@@ -53,8 +56,7 @@ def selection_run(task: str, params: dict, validation_sets: list[ValidationSet])
         mlflow.log_params(params)
         mlflow.set_tags({"task": task, "kind": "selection"})
         for validation_set in validation_sets:
-            mlflow.log_input(as_mlflow_dataset(validation_set, task), context="validation",
-                             tags=_dataset_tags(validation_set))
+            log_validation_input(validation_set, task)
             mlflow.log_artifact(str(validation_set.directory / "generation.json"),
                                 artifact_path=f"validation_sets/{validation_set.generator}")
         yield run
@@ -69,8 +71,7 @@ def log_candidate(task: str, name: str, params: dict, metrics: dict[str, float],
         mlflow.set_tags({"task": task, "kind": "candidate", "candidate": name,
                          "negative_control": str(is_control).lower()})
         for validation_set in validation_sets:
-            mlflow.log_input(as_mlflow_dataset(validation_set, task), context="validation",
-                             tags=_dataset_tags(validation_set))
+            log_validation_input(validation_set, task)
         return run.info.run_id
 
 
