@@ -63,6 +63,9 @@ class SelectionResult:
 
 
 def run_selection(config: SelectionConfig) -> SelectionResult:
+    features = FeatureCache(device=config.device)
+    candidates = config.candidates()
+    _check_candidates(candidates, features)
     task = load_task(config.task, config.data_root).subsample(config.max_support, config.max_validation, config.seed)
     support = _load_images(task.support, "support images")
     split = split_support(len(support), config.n_seed, config.heldout_fraction, config.seed)
@@ -79,8 +82,6 @@ def run_selection(config: SelectionConfig) -> SelectionResult:
     for validation_set in validation_sets:
         require_two_classes(validation_set.labels, f"synthetic set {validation_set.generator}")
 
-    features = FeatureCache(device=config.device)
-    candidates = config.candidates()
     bank = [support[i] for i in split.bank]
     synthetic_images = {vs.generator: vs.load_images() for vs in validation_sets}
     real = None
@@ -106,11 +107,22 @@ def run_selection(config: SelectionConfig) -> SelectionResult:
     pick = by_name[leaderboard.iloc[0]["candidate"]]
     baseline = _largest_pretrained(candidates, features)
     result = SelectionResult(task, leaderboard, pick, validation_sets, features=features,
-                             warnings=_control_warnings(leaderboard))
+                             warnings=control_warnings(leaderboard))
     if real is not None:
         result.comparisons = _compare(leaderboard, validation_sets, baseline)
     _record(config, result, by_name, fitted[pick.name])
     return result
+
+
+def _check_candidates(candidates: list[Candidate], features: FeatureCache) -> None:
+    """Fail on an unknown backbone or layer before any image is loaded or generated."""
+    if not candidates:
+        raise ValueError("no candidates: give at least one backbone and layer")
+    for candidate in candidates:
+        layers = features.backbone(candidate.backbone, candidate.weights).layers
+        if candidate.layer not in layers:
+            raise ValueError(f"backbone {candidate.backbone!r} has no layer {candidate.layer!r}; "
+                             f"its layers: {', '.join(layers)}")
 
 
 def _load_images(paths, description: str) -> list[np.ndarray]:
@@ -134,7 +146,7 @@ def _largest_pretrained(candidates: list[Candidate], features: FeatureCache) -> 
     return max(pretrained, key=lambda c: (size[c.backbone], c.layer == "last", c.name))
 
 
-def _control_warnings(leaderboard: pd.DataFrame) -> list[str]:
+def control_warnings(leaderboard: pd.DataFrame) -> list[str]:
     controls = leaderboard[leaderboard["control"]]
     pretrained = leaderboard[~leaderboard["control"]]
     if controls.empty or pretrained.empty:

@@ -1,13 +1,16 @@
 """End to end on the real MVTec AD bottle data, with MLflow's real SQLite store and registry."""
 
 import shutil
+from dataclasses import replace
+from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from selection.pipeline import SelectionConfig, run_selection
+from selection.pipeline import SelectionConfig, control_warnings, run_selection
 from selection.registry import CHALLENGER, CHAMPION
 from selection.run import main
 
@@ -99,3 +102,21 @@ def test_bad_input_fails_clearly_and_loses_nothing_recorded(bottle_config, mvtec
 
     assert len(mlflow.search_runs(experiment_names=["e2e"])) == runs_before
     assert str(MlflowClient().get_model_version_by_alias("anomaly-mvtec-bottle", CHAMPION).version) == "1"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"backbones": ("resnet_nonexistent",)}, "unknown backbone 'resnet_nonexistent'"),
+    ({"layers": ("top",)}, "has no layer 'top'"),
+])
+def test_bad_candidates_fail_before_any_work(bottle_config, change, message):
+    with pytest.raises(ValueError, match=message):
+        run_selection(replace(bottle_config, **change))
+    assert not Path(bottle_config.store).exists()  # no synthetic set was generated
+
+
+def test_a_control_above_a_pretrained_candidate_makes_the_set_suspect():
+    board = pd.DataFrame({"candidate": ["good", "pixels", "weak"], "control": [False, True, False],
+                          "synthetic_auroc": [0.9, 0.8, 0.7]})
+    (warning,) = control_warnings(board)
+    assert "pixels" in warning and "1 of 2 pretrained" in warning and "suspect" in warning
+    assert control_warnings(board.assign(synthetic_auroc=[0.9, 0.6, 0.7])) == []
