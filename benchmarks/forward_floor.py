@@ -30,13 +30,13 @@ def main() -> None:
 
     cache = result.features
     print(f"task {args.task}: {len(result.leaderboard)} candidates, whole run {total:.1f} s\n")
-    print(f"| backbone | weights | distinct images | forward passes | passes per image |")
-    print(f"|---|---|---|---|---|")
+    print("| backbone | weights | distinct images | forward passes | passes per image |")
+    print("|---|---|---|---|---|")
     for (backbone, weights), passes in sorted(cache.forward_counts.items()):
         images = cache.n_images(backbone, weights)
         print(f"| {backbone} | {weights} | {images} | {passes} | {passes / images:.2f} |")
-    print(f"\n| forward floor (s) | whole run (s) | whole / floor |")
-    print(f"|---|---|---|")
+    print("\n| forward floor (s) | whole run (s) | whole / floor |")
+    print("|---|---|---|")
     print(f"| {cache.forward_seconds:.1f} | {total:.1f} | {total / cache.forward_seconds:.2f} |")
 
 

@@ -13,6 +13,7 @@ from detectors.features import FeatureCache
 _PARAMS_FILE = "params.json"
 _BANK_FILE = "bank.npy"
 _FORMAT = "deep_knn/1"
+NORMALIZATIONS = ("none", "l2")
 
 
 def scores_from_features(bank: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -24,6 +25,16 @@ def scores_from_features(bank: np.ndarray, queries: np.ndarray, k: int) -> np.nd
     _check_k(k, len(bank))
     distances, _ = NearestNeighbors(n_neighbors=k).fit(bank).kneighbors(queries)
     return np.sum(distances ** 2, axis=1)
+
+
+def normalize_features(vectors: np.ndarray, normalize: str) -> np.ndarray:
+    """`vectors` (N, D) as they are ("none") or each scaled to unit L2 norm ("l2": kNN on feature directions)."""
+    if normalize == "none":
+        return vectors
+    if normalize == "l2":
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.maximum(norms, np.finfo(vectors.dtype).tiny)
+    raise ValueError(f"unknown feature normalisation {normalize!r}; choose from {', '.join(NORMALIZATIONS)}")
 
 
 def _check_k(k, bank_size: int) -> None:
@@ -41,17 +52,21 @@ class DeepKNN:
     """
 
     def __init__(self, backbone: str = "mobilenet_v2", weights: str = "imagenet", layer: str = "last",
-                 pooling: str = "avg", k: int = 3, features: FeatureCache | None = None):
+                 pooling: str = "avg", k: int = 3, normalize: str = "none",
+                 features: FeatureCache | None = None):
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"unknown feature normalisation {normalize!r}; choose from {', '.join(NORMALIZATIONS)}")
         self.backbone = backbone
         self.weights = weights
         self.layer = layer
         self.pooling = pooling
         self.k = k
+        self.normalize = normalize
         self.features = features
 
     def get_params(self, deep: bool = True) -> dict:
         return {"backbone": self.backbone, "weights": self.weights, "layer": self.layer,
-                "pooling": self.pooling, "k": self.k}
+                "pooling": self.pooling, "k": self.k, "normalize": self.normalize}
 
     def __repr__(self) -> str:
         return "DeepKNN(" + ", ".join(f"{name}={value!r}" for name, value in self.get_params().items()) + ")"
@@ -71,12 +86,13 @@ class DeepKNN:
 
     def _pooled_features(self, images) -> np.ndarray:
         if self.features is not None:
-            return self.features.features(self.backbone, self.weights, self.layer, self.pooling, images)
-        if not hasattr(self, "_own_features"):
-            self._own_features = FeatureCache()
-        vectors = self._own_features.features(self.backbone, self.weights, self.layer, self.pooling, images)
-        self._own_features.clear()  # unshared, it would only grow with every image ever scored
-        return vectors
+            vectors = self.features.features(self.backbone, self.weights, self.layer, self.pooling, images)
+        else:
+            if not hasattr(self, "_own_features"):
+                self._own_features = FeatureCache()
+            vectors = self._own_features.features(self.backbone, self.weights, self.layer, self.pooling, images)
+            self._own_features.clear()  # unshared, it would only grow with every image ever scored
+        return normalize_features(vectors, self.normalize)
 
     def save(self, directory) -> None:
         """Write the hyper-parameters (params.json) and the normal bank (bank.npy) into `directory`."""

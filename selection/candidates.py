@@ -16,10 +16,12 @@ class Candidate:
     layer: str = "last"
     pooling: str = "avg"
     k: int = 3
+    normalize: str = "none"
 
     @property
     def name(self) -> str:
-        return f"knn/{self.backbone}/{self.weights}/{self.layer}/{self.pooling}/k{self.k}"
+        suffix = "" if self.normalize == "none" else f"/{self.normalize}"
+        return f"knn/{self.backbone}/{self.weights}/{self.layer}/{self.pooling}/k{self.k}{suffix}"
 
     @property
     def is_control(self) -> bool:
@@ -32,7 +34,7 @@ class Candidate:
 
     def detector(self, features: FeatureCache) -> DeepKNN:
         return DeepKNN(backbone=self.backbone, weights=self.weights, layer=self.layer,
-                       pooling=self.pooling, k=self.k, features=features)
+                       pooling=self.pooling, k=self.k, normalize=self.normalize, features=features)
 
 
 def default_candidates(backbones=OFFLINE_BACKBONES, layers=LAYERS, k: int = 3, controls: bool = True) -> list[Candidate]:

@@ -1,24 +1,19 @@
 """SWSA end to end: task -> split -> synthetic validation sets -> candidates scored -> pick -> MLflow."""
 
 import hashlib
-import logging
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from detectors import FeatureCache, load_rgb
+from detectors import FeatureCache
 from selection import registry, tracking
 from selection.candidates import LAYERS, OFFLINE_BACKBONES, Candidate, default_candidates
-from selection.scoring import RankingComparison, auroc, compare_rankings, require_two_classes
-from selection.split import split_support
-from selection.tasks import Task, load_task
-from selection.validation_set import ValidationSet, build_validation_set
-
-log = logging.getLogger(__name__)
+from selection.evidence import check_candidates, gather_evidence, score_candidate
+from selection.scoring import RankingComparison, compare_rankings
+from selection.tasks import Task
+from selection.validation_set import ValidationSet
 
 MEAN = "mean"  # the combined synthetic score: mean AUROC over the generators' sets
 
@@ -65,68 +60,25 @@ class SelectionResult:
 def run_selection(config: SelectionConfig) -> SelectionResult:
     features = FeatureCache(device=config.device)
     candidates = config.candidates()
-    _check_candidates(candidates, features)
-    task = load_task(config.task, config.data_root).subsample(config.max_support, config.max_validation, config.seed)
-    support = _load_images(task.support, "support images")
-    split = split_support(len(support), config.n_seed, config.heldout_fraction, config.seed)
-    validation_sets = [
-        build_validation_set(
-            Path(config.store), generator,
-            seed_images=[support[i] for i in split.seed],
-            seed_paths=[task.support[i] for i in split.seed],
-            heldout_paths=[task.support[i] for i in split.heldout],
-            n_anomalies=config.n_anomalies, seed=config.seed,
-        )
-        for generator in tqdm(config.generators, desc="synthetic validation sets")
-    ]
-    for validation_set in validation_sets:
-        require_two_classes(validation_set.labels, f"synthetic set {validation_set.generator}")
-
-    bank = [support[i] for i in split.bank]
-    synthetic_images = {vs.generator: vs.load_images() for vs in validation_sets}
-    real = None
-    if task.validation:
-        real = (_load_images([item.path for item in task.validation], "real validation images"),
-                np.array([item.label for item in task.validation]))
-        require_two_classes(real[1], f"real validation set of {task.name}")
+    check_candidates(candidates, features)
+    evidence = gather_evidence(config)
 
     rows, fitted = [], {}
     for candidate in tqdm(candidates, desc="candidates"):
-        detector = candidate.detector(features).fit(bank)
-        fitted[candidate.name] = detector
-        row = {"candidate": candidate.name, "control": candidate.is_control}
-        for vs in validation_sets:
-            row[f"synthetic_auroc/{vs.generator}"] = auroc(vs.labels, detector.anomaly_scores(synthetic_images[vs.generator]))
-        row["synthetic_auroc"] = float(np.mean([row[f"synthetic_auroc/{vs.generator}"] for vs in validation_sets]))
-        if real is not None:
-            row["real_auroc"] = auroc(real[1], detector.anomaly_scores(real[0]))
+        row, detector = score_candidate(candidate, evidence, features)
         rows.append(row)
+        fitted[candidate.name] = detector
 
     leaderboard = _rank(pd.DataFrame(rows))
     by_name = {c.name: c for c in candidates}
     pick = by_name[leaderboard.iloc[0]["candidate"]]
     baseline = _largest_pretrained(candidates, features)
-    result = SelectionResult(task, leaderboard, pick, validation_sets, features=features,
+    result = SelectionResult(evidence.task, leaderboard, pick, evidence.validation_sets, features=features,
                              warnings=control_warnings(leaderboard))
-    if real is not None:
-        result.comparisons = _compare(leaderboard, validation_sets, baseline)
+    if evidence.has_real_labels:
+        result.comparisons = _compare(leaderboard, evidence.validation_sets, baseline)
     _record(config, result, by_name, fitted[pick.name])
     return result
-
-
-def _check_candidates(candidates: list[Candidate], features: FeatureCache) -> None:
-    """Fail on an unknown backbone or layer before any image is loaded or generated."""
-    if not candidates:
-        raise ValueError("no candidates: give at least one backbone and layer")
-    for candidate in candidates:
-        layers = features.backbone(candidate.backbone, candidate.weights).layers
-        if candidate.layer not in layers:
-            raise ValueError(f"backbone {candidate.backbone!r} has no layer {candidate.layer!r}; "
-                             f"its layers: {', '.join(layers)}")
-
-
-def _load_images(paths, description: str) -> list[np.ndarray]:
-    return [load_rgb(path) for path in tqdm(paths, desc=description)]
 
 
 def _rank(leaderboard: pd.DataFrame) -> pd.DataFrame:

@@ -5,6 +5,7 @@ import pytest
 from sklearn.exceptions import NotFittedError
 
 from detectors import DeepKNN, FeatureCache, scores_from_features
+from detectors.knn import normalize_features
 
 
 def _images(n, seed=0, low=0, high=256, size=32):
@@ -30,7 +31,24 @@ def test_bad_k_is_refused(k):
 def test_params_exclude_the_shared_cache():
     detector = DeepKNN(backbone="pixels_16", weights="none", layer="raw", k=2, features=FeatureCache())
     assert detector.get_params() == {"backbone": "pixels_16", "weights": "none", "layer": "raw",
-                                     "pooling": "avg", "k": 2}
+                                     "pooling": "avg", "k": 2, "normalize": "none"}
+
+
+def test_l2_normalisation_compares_feature_directions_only():
+    vectors = np.array([[3, 4], [0, 2], [0, 0]], dtype=np.float32)
+    np.testing.assert_allclose(normalize_features(vectors, "l2"), [[0.6, 0.8], [0, 1], [0, 0]])
+    assert normalize_features(vectors, "none") is vectors
+    with pytest.raises(ValueError, match="unknown feature normalisation 'l1'"):
+        DeepKNN(normalize="l1")
+
+
+def test_an_l2_detector_ignores_brightness_scaling_of_raw_pixels():
+    bank = _images(5, seed=1, low=40, high=120)
+    brighter = [(image * 2).astype(np.uint8) for image in bank]  # every pixel value exactly doubled
+    plain = DeepKNN(backbone="pixels_16", weights="none", layer="raw", k=1).fit(bank)
+    directions = DeepKNN(backbone="pixels_16", weights="none", layer="raw", k=1, normalize="l2").fit(bank)
+    assert plain.anomaly_scores(brighter).min() > 1.0
+    np.testing.assert_allclose(directions.anomaly_scores(brighter), 0, atol=1e-4)  # resampling rounding
 
 
 def test_unfitted_detector_refuses_to_score_or_save(tmp_path):

@@ -1,0 +1,86 @@
+"""What candidates are judged on: the normal bank they fit, the synthetic validation sets they are ranked
+by, and the task's real labelled validation set where it has one (reported, never used to pick)."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from detectors import DeepKNN, FeatureCache, load_rgb
+from selection.candidates import Candidate
+from selection.scoring import auroc, require_two_classes
+from selection.split import split_support
+from selection.tasks import Task, load_task
+from selection.validation_set import ValidationSet, build_validation_set
+
+
+@dataclass
+class Evidence:
+    task: Task
+    bank: list[np.ndarray]
+    validation_sets: list[ValidationSet]
+    synthetic_images: dict[str, list[np.ndarray]]  # by generator
+    real_images: list[np.ndarray] | None = None
+    real_labels: np.ndarray | None = None
+
+    @property
+    def has_real_labels(self) -> bool:
+        return self.real_labels is not None
+
+
+def gather_evidence(config) -> Evidence:
+    """Load the task (subsampled as `config` asks), split its support set, and build or reuse one synthetic
+    validation set per generator. `config` is a SelectionConfig."""
+    task = load_task(config.task, config.data_root).subsample(config.max_support, config.max_validation, config.seed)
+    support = _load_images(task.support, "support images")
+    split = split_support(len(support), config.n_seed, config.heldout_fraction, config.seed)
+    validation_sets = [
+        build_validation_set(
+            Path(config.store), generator,
+            seed_images=[support[i] for i in split.seed],
+            seed_paths=[task.support[i] for i in split.seed],
+            heldout_paths=[task.support[i] for i in split.heldout],
+            n_anomalies=config.n_anomalies, seed=config.seed,
+        )
+        for generator in tqdm(config.generators, desc="synthetic validation sets")
+    ]
+    for validation_set in validation_sets:
+        require_two_classes(validation_set.labels, f"synthetic set {validation_set.generator}")
+    evidence = Evidence(task, [support[i] for i in split.bank], validation_sets,
+                        {vs.generator: vs.load_images() for vs in validation_sets})
+    if task.validation:
+        evidence.real_images = _load_images([item.path for item in task.validation], "real validation images")
+        evidence.real_labels = np.array([item.label for item in task.validation])
+        require_two_classes(evidence.real_labels, f"real validation set of {task.name}")
+    return evidence
+
+
+def score_candidate(candidate: Candidate, evidence: Evidence, features: FeatureCache) -> tuple[dict, DeepKNN]:
+    """The candidate fitted on the bank, and its row of the leaderboard: AUROC on each synthetic set
+    (`synthetic_auroc/<generator>`), their mean (`synthetic_auroc`) and, with real labels, `real_auroc`."""
+    detector = candidate.detector(features).fit(evidence.bank)
+    row = {"candidate": candidate.name, "control": candidate.is_control}
+    for vs in evidence.validation_sets:
+        row[f"synthetic_auroc/{vs.generator}"] = auroc(
+            vs.labels, detector.anomaly_scores(evidence.synthetic_images[vs.generator]), f"synthetic set {vs.generator}")
+    row["synthetic_auroc"] = float(np.mean([row[f"synthetic_auroc/{vs.generator}"] for vs in evidence.validation_sets]))
+    if evidence.has_real_labels:
+        row["real_auroc"] = auroc(evidence.real_labels, detector.anomaly_scores(evidence.real_images),
+                                  f"real validation set of {evidence.task.name}")
+    return row, detector
+
+
+def check_candidates(candidates: list[Candidate], features: FeatureCache) -> None:
+    """Fail on an unknown backbone or layer before any image is loaded or generated."""
+    if not candidates:
+        raise ValueError("no candidates: give at least one backbone and layer")
+    for candidate in candidates:
+        layers = features.backbone(candidate.backbone, candidate.weights).layers
+        if candidate.layer not in layers:
+            raise ValueError(f"backbone {candidate.backbone!r} has no layer {candidate.layer!r}; "
+                             f"its layers: {', '.join(layers)}")
+
+
+def _load_images(paths, description: str) -> list[np.ndarray]:
+    return [load_rgb(path) for path in tqdm(paths, desc=description)]
