@@ -1,6 +1,7 @@
 """What candidates are judged on: the normal bank they fit, the synthetic validation sets they are ranked
 by, and the task's real labelled validation set where it has one (reported, never used to pick)."""
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,14 @@ class Evidence:
     @property
     def has_real_labels(self) -> bool:
         return self.real_labels is not None
+
+
+def evidence_digest(validation_sets: list[ValidationSet]) -> str:
+    """One content digest for the synthetic evidence: the set's own, or a digest of several sets' digests."""
+    if len(validation_sets) == 1:
+        return validation_sets[0].digest
+    joined = ",".join(sorted(vs.digest for vs in validation_sets))
+    return hashlib.sha256(joined.encode()).hexdigest()[:32]
 
 
 def gather_evidence(config) -> Evidence:

@@ -1,6 +1,5 @@
 """SWSA end to end: task -> split -> synthetic validation sets -> candidates scored -> pick -> MLflow."""
 
-import hashlib
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -10,7 +9,7 @@ from tqdm.auto import tqdm
 from detectors import FeatureCache
 from selection import registry, tracking
 from selection.candidates import LAYERS, OFFLINE_BACKBONES, Candidate, default_candidates
-from selection.evidence import check_candidates, gather_evidence, score_candidate
+from selection.evidence import check_candidates, evidence_digest, gather_evidence, score_candidate
 from selection.scoring import RankingComparison, compare_rankings
 from selection.tasks import Task
 from selection.validation_set import ValidationSet
@@ -125,13 +124,6 @@ def _compare(leaderboard: pd.DataFrame, validation_sets, baseline: Candidate | N
     }
 
 
-def evidence_digest(validation_sets: list[ValidationSet]) -> str:
-    if len(validation_sets) == 1:
-        return validation_sets[0].digest
-    joined = ",".join(sorted(vs.digest for vs in validation_sets))
-    return hashlib.sha256(joined.encode()).hexdigest()[:32]
-
-
 def default_model_name(task: str) -> str:
     return "anomaly-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", task).strip("-")
 
@@ -141,7 +133,7 @@ def _record(config: SelectionConfig, result: SelectionResult, by_name: dict[str,
     tracking.configure(config.tracking_uri, config.experiment)
     params = {k: v for k, v in asdict(config).items() if k not in ("tracking_uri", "store")}
     params = {k: ",".join(v) if isinstance(v, tuple) else v for k, v in params.items()}
-    with tracking.selection_run(result.task.name, params, result.validation_sets) as run:
+    with tracking.parent_run(result.task.name, "selection", params, result.validation_sets) as run:
         result.run_id = run.info.run_id
         metric_columns = [c for c in result.leaderboard.columns if "auroc" in c]
         for row in result.leaderboard.to_dict("records"):

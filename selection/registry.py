@@ -4,7 +4,9 @@
 evidence (same digest); otherwise the new version is the `challenger`. Version tags carry the evidence.
 """
 
+import logging
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +31,7 @@ class Promotion:
 def register_and_promote(model_name: str, detector: DeepKNN, evidence: dict[str, str | float]) -> Promotion:
     """Log `detector` under the active run, register it and set its alias. `evidence` must hold
     `synthetic_auroc` and `dataset_digest`; anything else (real AUROC, tau, candidate) is tagged as is."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet_signature_inference():
         detector.save(Path(tmp) / "detector")
         info = mlflow.pyfunc.log_model(
             name="detector",
@@ -46,6 +48,19 @@ def register_and_promote(model_name: str, detector: DeepKNN, evidence: dict[str,
         client.set_model_version_tag(model_name, version, key, str(value))
     client.set_registered_model_alias(model_name, alias, version)
     return Promotion(model_name, version, alias, reason)
+
+
+@contextmanager
+def _quiet_signature_inference():
+    """The model takes paths, frames or image arrays, which no single MLflow signature describes, so it is
+    logged without one; MLflow's warning that it could not infer one is expected."""
+    logger = logging.getLogger("mlflow.pyfunc")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _choose_alias(model_name: str, evidence: dict) -> tuple[str, str]:

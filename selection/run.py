@@ -16,12 +16,8 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def parse_args(argv=None) -> SelectionConfig:
-    parser = argparse.ArgumentParser(
-        prog="python -m selection.run",
-        description="Rank candidate anomaly detectors on a synthetic validation set (SWSA), compare with real "
-                    "labels where the task has them, and register the pick in the MLflow model registry.",
-    )
+def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options a selection and a search share: the task, its synthetic evidence, the backbones and MLflow."""
     parser.add_argument("--task", default=None,
                         help=f"task to select for: {', '.join(available_task_kinds())} "
                              f"(default: {DEFAULT_TASK}, subsampled to {DEFAULT_TASK_LIMITS})")
@@ -31,9 +27,6 @@ def parse_args(argv=None) -> SelectionConfig:
                         help="comma-separated backbones; timm models as timm:<name> or timm:<name>@<weights file> "
                              f"(default: {','.join(OFFLINE_BACKBONES)})")
     parser.add_argument("--layers", type=_csv, default=LAYERS, help="comma-separated: last, mid (default both)")
-    parser.add_argument("--k", type=int, default=3, help="neighbours in deep kNN (default 3)")
-    parser.add_argument("--no-controls", dest="controls", action="store_false",
-                        help="skip the negative controls (random-weight backbones, raw-pixel kNN)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-seed", type=int, default=20, help="seed images for the generators (default 20)")
     parser.add_argument("--n-anomalies", type=int, default=100, help="synthetic anomalies per generator (default 100)")
@@ -47,12 +40,29 @@ def parse_args(argv=None) -> SelectionConfig:
     parser.add_argument("--no-register", dest="register", action="store_false", help="do not register the pick")
     parser.add_argument("--store", default="mlruns/synthetic", help="where synthetic validation sets are stored")
     parser.add_argument("--device", default="cpu", help="torch device for backbones, e.g. cuda (default cpu)")
-    args = vars(parser.parse_args(argv))
-    if args["task"] is None:
-        args["task"] = DEFAULT_TASK
+
+
+def selection_config(args: dict) -> SelectionConfig:
+    """The SelectionConfig for parsed options (their `vars`); without --task, the embedded default task."""
+    fields = {name: args[name] for name in SelectionConfig.__dataclass_fields__ if name in args}
+    if fields["task"] is None:
+        fields["task"] = DEFAULT_TASK
         for key, value in DEFAULT_TASK_LIMITS.items():
-            args[key] = args[key] or value
-    return SelectionConfig(**args)
+            fields[key] = fields[key] or value
+    return SelectionConfig(**fields)
+
+
+def parse_args(argv=None) -> SelectionConfig:
+    parser = argparse.ArgumentParser(
+        prog="python -m selection.run",
+        description="Rank candidate anomaly detectors on a synthetic validation set (SWSA), compare with real "
+                    "labels where the task has them, and register the pick in the MLflow model registry.",
+    )
+    add_selection_arguments(parser)
+    parser.add_argument("--k", type=int, default=3, help="neighbours in deep kNN (default 3)")
+    parser.add_argument("--no-controls", dest="controls", action="store_false",
+                        help="skip the negative controls (random-weight backbones, raw-pixel kNN)")
+    return selection_config(vars(parser.parse_args(argv)))
 
 
 def main(argv=None) -> int:

@@ -50,11 +50,11 @@ def log_validation_input(validation_set: ValidationSet, task: str) -> None:
 
 
 @contextmanager
-def selection_run(task: str, params: dict, validation_sets: list[ValidationSet]):
-    """The parent run of one selection; the validation sets are logged as its inputs."""
-    with mlflow.start_run(run_name=f"select {task}") as run:
+def parent_run(task: str, kind: str, params: dict, validation_sets: list[ValidationSet]):
+    """The parent run of one selection or search (`kind`); the validation sets are logged as its inputs."""
+    with mlflow.start_run(run_name=f"{'select' if kind == 'selection' else kind} {task}") as run:
         mlflow.log_params(params)
-        mlflow.set_tags({"task": task, "kind": "selection"})
+        mlflow.set_tags({"task": task, "kind": kind})
         for validation_set in validation_sets:
             log_validation_input(validation_set, task)
             mlflow.log_artifact(str(validation_set.directory / "generation.json"),
@@ -63,24 +63,28 @@ def selection_run(task: str, params: dict, validation_sets: list[ValidationSet])
 
 
 def log_candidate(task: str, name: str, params: dict, metrics: dict[str, float],
-                  validation_sets: list[ValidationSet], is_control: bool) -> str:
-    """A child run of the active selection run; returns its run id."""
-    with mlflow.start_run(run_name=name, nested=True) as run:
+                  validation_sets: list[ValidationSet], is_control: bool,
+                  parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> str:
+    """A child run of the active run, or of `parent_run_id` (a search's trials, logged from worker
+    processes); returns its run id."""
+    with mlflow.start_run(run_name=name, nested=True, parent_run_id=parent_run_id) as run:
         mlflow.log_params(params)
         mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})  # NaN: metric not defined here
         mlflow.set_tags({"task": task, "kind": "candidate", "candidate": name,
-                         "negative_control": str(is_control).lower()})
+                         "negative_control": str(is_control).lower(), **(tags or {})})
         for validation_set in validation_sets:
             log_validation_input(validation_set, task)
         return run.info.run_id
 
 
-def log_summary(leaderboard: pd.DataFrame, metrics: dict[str, float], tags: dict[str, str], report: str) -> None:
+def log_summary(table: pd.DataFrame, metrics: dict[str, float], tags: dict[str, str], report: str,
+                name: str = "leaderboard") -> None:
+    """Into the active run: summary metrics and tags, and `table` as `<name>.csv` with `report` as `<name>.md`."""
     mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})
     mlflow.set_tags(tags)
     with tempfile.TemporaryDirectory() as tmp:
-        leaderboard.to_csv(Path(tmp) / "leaderboard.csv", index=False)
-        (Path(tmp) / "leaderboard.md").write_text(report)
-        mlflow.log_artifact(str(Path(tmp) / "leaderboard.csv"))
-        mlflow.log_artifact(str(Path(tmp) / "leaderboard.md"))
-    mlflow.log_text(json.dumps(tags, indent=2), "selection.json")
+        table.to_csv(Path(tmp) / f"{name}.csv", index=False)
+        (Path(tmp) / f"{name}.md").write_text(report)
+        mlflow.log_artifact(str(Path(tmp) / f"{name}.csv"))
+        mlflow.log_artifact(str(Path(tmp) / f"{name}.md"))
+    mlflow.log_text(json.dumps(tags, indent=2), "summary.json")

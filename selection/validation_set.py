@@ -83,6 +83,11 @@ def build_validation_set(
                         "n_anomalies": n_anomalies, "rejected": synthetic.rejected}, indent=2)
         )
         staging.rename(directory)  # atomic: a set is either complete in the store or absent
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if (directory / MANIFEST).is_file():  # another process stored the same request first
+            return _read(directory, digest, generator_name, reused=True)
+        raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -41,3 +41,14 @@ def tracking_uri(_migrated_mlflow_db, tmp_path, monkeypatch) -> str:
     yield uri
     if mlflow.active_run():
         mlflow.end_run()
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server on loopback (Debian's `postgresql` package; `.ci/run` installs it)."""
+    from postgres_server import running_server, server_binaries
+
+    if server_binaries() is None:
+        pytest.skip("PostgreSQL server not installed (Debian package `postgresql`, which .ci/run installs)")
+    with running_server() as url:
+        yield url

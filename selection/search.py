@@ -1,0 +1,59 @@
+"""`python -m selection.search`: an Optuna search over a detector kind's hyper-parameters, scored on the
+synthetic validation set, with its trials in MLflow and the best one promoted like a selection's pick."""
+
+import argparse
+import sys
+
+import optuna
+
+from selection.run import add_selection_arguments, selection_config
+from selection.search_space import list_search_spaces
+from selection.study import DEFAULT_STORAGE, SearchConfig, format_search_report, run_search
+from selection.tracking import DEFAULT_TRACKING_URI
+
+
+def parse_args(argv=None) -> SearchConfig:
+    parser = argparse.ArgumentParser(
+        prog="python -m selection.search",
+        description="Search detector hyper-parameters with Optuna, scored on synthetic AUROC (SWSA); every trial "
+                    "is an MLflow run and the best is registered with champion/challenger promotion.",
+    )
+    add_selection_arguments(parser)
+    parser.add_argument("--space", default="knn", choices=list_search_spaces(), help="search space (default knn)")
+    parser.add_argument("--trials", type=int, default=50,
+                        help="completed trials the study should have in total, over all workers and resumptions "
+                             "(default 50)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    parser.add_argument("--storage", help=f"Optuna storage URL, e.g. postgresql://user:pass@host/db "
+                                          f"(default {DEFAULT_STORAGE})")
+    parser.add_argument("--study-name", help="default: <task>/<space>/<synthetic set digest>")
+    parser.add_argument("--heartbeat-seconds", type=int, default=10,
+                        help="trial heartbeat; a trial silent for 3x this long is marked failed (default 10)")
+    parser.add_argument("--feature-dir", default="mlruns/features", help="pooled features shared by the workers")
+    args = vars(parser.parse_args(argv))
+    return SearchConfig(selection=selection_config(args), space=args["space"], n_trials=args["trials"],
+                        workers=args["workers"], storage=args["storage"], study_name=args["study_name"],
+                        heartbeat_seconds=args["heartbeat_seconds"], feature_dir=args["feature_dir"])
+
+
+def main(argv=None) -> int:
+    config = parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and the report say it all
+    try:
+        result = run_search(config)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_search_report(result))
+    if result.promotion:
+        p = result.promotion
+        print(f"registered {p.model_name} v{p.version} as @{p.alias}: {p.reason}")
+    elif not result.new_trials:
+        print("no new trials: the study already had its total; nothing registered")
+    print(f"MLflow run {result.run_id}; browse with: mlflow ui --backend-store-uri "
+          f"{config.selection.tracking_uri or DEFAULT_TRACKING_URI}; trials with: optuna-dashboard {config.storage_url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

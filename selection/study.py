@@ -1,0 +1,337 @@
+"""An Optuna search over one detector kind's space, scored on synthetic AUROC.
+
+Any number of worker processes, on one machine (`workers`) or many (the same command pointed at one
+PostgreSQL `storage`), share one study. `n_trials` is the study's total of completed trials, whoever runs
+them: a worker starts a trial only while completed plus running trials are below it, and a trial that
+races past it is pruned before any work. Heartbeats mark a killed worker's trial failed after a grace period,
+and the others take over its share. Running the same command again resumes the study.
+"""
+
+import multiprocessing
+import os
+import socket
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import mlflow
+import optuna
+import pandas as pd
+import torch
+from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
+from tqdm.auto import tqdm
+
+from detectors import FeatureCache
+from selection import registry, tracking
+from selection.candidates import Candidate
+from selection.evidence import Evidence, check_candidates, evidence_digest, gather_evidence, score_candidate
+from selection.pipeline import SelectionConfig, default_model_name
+from selection.scoring import RankingComparison, compare_rankings
+from selection.search_space import SpaceBounds, get_search_space
+
+DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
+RUN_ID_ATTR = "mlflow_run_id"
+DIGEST_ATTR = "evidence_digest"
+
+
+@dataclass
+class SearchConfig:
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    space: str = "knn"
+    n_trials: int = 50
+    workers: int = 1
+    storage: str | None = None  # an SQLAlchemy URL; default DEFAULT_STORAGE
+    study_name: str | None = None  # default: task, space and the synthetic evidence's digest
+    heartbeat_seconds: int = 10  # a trial without a heartbeat for 3x this long is marked failed
+    feature_dir: str = "mlruns/features"  # pooled features shared by the workers
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or DEFAULT_STORAGE
+
+
+@dataclass
+class SearchResult:
+    study_name: str
+    trials: pd.DataFrame  # completed trials, best first
+    best: Candidate
+    best_trial: int
+    new_trials: int  # completed by this invocation's workers
+    comparison: RankingComparison | None  # synthetic vs real ranking of the distinct trial candidates
+    worker_failures: list[str]
+    run_id: str
+    promotion: registry.Promotion | None = None
+
+
+def run_search(config: SearchConfig) -> SearchResult:
+    selection = config.selection
+    if config.n_trials < 1 or config.workers < 1:
+        raise ValueError(f"need at least one trial and one worker, got {config.n_trials} and {config.workers}")
+    space = get_search_space(config.space)
+    features = FeatureCache(device=selection.device, directory=config.feature_dir)
+    check_candidates([Candidate(b, "imagenet", layer) for b in selection.backbones for layer in selection.layers],
+                     features)
+    evidence = gather_evidence(selection)
+    tracking.configure(selection.tracking_uri, selection.experiment)
+    study, run_id = _open_study(config, evidence)
+    completed_before = _count(study, TrialState.COMPLETE)
+
+    if config.workers == 1:
+        objective = TrialObjective(config, evidence, features, run_id)
+        with tqdm(total=config.n_trials, initial=completed_before, desc="trials") as progress:
+            work(study, objective, config.n_trials, config.heartbeat_seconds,
+                 on_trial=lambda _study, _trial: progress.update(_count(study, TrialState.COMPLETE) - progress.n))
+        failures = []
+    else:
+        failures = _run_worker_processes(config, study, run_id, completed_before)
+
+    trials = trials_table(study)
+    if trials.empty:
+        raise RuntimeError(f"study {study.study_name} has no completed trial; " + "; ".join(failures))
+    best = study.best_trial
+    bounds = SpaceBounds(selection.backbones, selection.layers, len(evidence.bank))
+    best_candidate = space(optuna.trial.FixedTrial(best.params), bounds)
+    result = SearchResult(study.study_name, trials, best_candidate, best.number,
+                          _count(study, TrialState.COMPLETE) - completed_before,
+                          _compare(trials) if evidence.has_real_labels else None, failures, run_id)
+    _record(config, result, evidence, features)
+    return result
+
+
+class TrialObjective:
+    """Scores one trial's candidate on the synthetic sets; as an Optuna callback, logs completed trials to
+    MLflow as children of the search's run."""
+
+    def __init__(self, config: SearchConfig, evidence: Evidence, features: FeatureCache, parent_run_id: str):
+        self.space = get_search_space(config.space)
+        self.bounds = SpaceBounds(config.selection.backbones, config.selection.layers, len(evidence.bank))
+        self.n_trials = config.n_trials
+        self.evidence = evidence
+        self.features = features
+        self.parent_run_id = parent_run_id
+        self.storage = _display_url(config.storage_url)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        if _trials_ahead(trial) >= self.n_trials:
+            raise optuna.TrialPruned(f"over the study's total of {self.n_trials} trials")
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        candidate = self.space(trial, self.bounds)
+        row, _ = score_candidate(candidate, self.evidence, self.features)
+        trial.set_user_attr("candidate", candidate.name)
+        for key, value in row.items():
+            if "auroc" in key:
+                trial.set_user_attr(key, value)
+        return row["synthetic_auroc"]
+
+    def log_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state != TrialState.COMPLETE:
+            return
+        candidate = self.space(optuna.trial.FixedTrial(trial.params), self.bounds)
+        metrics = {key: value for key, value in trial.user_attrs.items() if "auroc" in key}
+        tracking.log_candidate(
+            self.evidence.task.name, f"trial {trial.number} {candidate.name}", candidate.params, metrics,
+            self.evidence.validation_sets, candidate.is_control, parent_run_id=self.parent_run_id,
+            tags={"kind": "trial", "optuna.study": study.study_name, "optuna.trial": str(trial.number),
+                  "optuna.storage": self.storage})
+
+
+def work(study: optuna.Study, objective: TrialObjective, n_trials: int, heartbeat_seconds: int,
+         on_trial=None) -> None:
+    """One worker's loop: run trials until the study has `n_trials` completed ones."""
+    callbacks = [objective.log_trial] + ([on_trial] if on_trial else [])
+    while True:
+        _fail_stale_trials(study)
+        completed, running = _count(study, TrialState.COMPLETE), _count(study, TrialState.RUNNING)
+        if completed >= n_trials:
+            return
+        if completed + running >= n_trials:  # the rest is running elsewhere; take over if one of them dies
+            time.sleep(min(1.0, heartbeat_seconds))
+            continue
+        study.optimize(objective, n_trials=1, callbacks=callbacks)
+
+
+def open_storage(url: str, heartbeat_seconds: int) -> optuna.storages.RDBStorage:
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    # SQLite serialises writers: wait for the lock rather than fail when several workers write at once.
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in use
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds,
+                                          grace_period=3 * heartbeat_seconds)
+
+
+def default_study_name(task: str, space: str, digest: str) -> str:
+    return f"{task}/{space}/{digest[:12]}"
+
+
+def trials_table(study: optuna.Study) -> pd.DataFrame:
+    rows = [{"trial": t.number, "candidate": t.user_attrs.get("candidate"), "synthetic_auroc": t.value,
+             **{k: v for k, v in t.user_attrs.items() if "auroc" in k and k != "synthetic_auroc"},
+             "worker": t.user_attrs.get("worker"),
+             "seconds": (t.datetime_complete - t.datetime_start).total_seconds()}
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).sort_values(["synthetic_auroc", "trial"], ascending=[False, True], ignore_index=True)
+
+
+def format_search_report(result: SearchResult) -> str:
+    table = result.trials.drop(columns=["worker"]).head(10)
+    best = result.trials.iloc[0]
+    lines = [f"Study {result.study_name}: {len(result.trials)} completed trials "
+             f"({result.new_trials} new), top 10:", "",
+             table.to_string(index=False, float_format=lambda v: f"{v:.4f}"), "",
+             f"best: trial {result.best_trial} {result.best.name}: synthetic AUROC {best['synthetic_auroc']:.4f}"
+             + (f", real AUROC {best['real_auroc']:.4f}" if "real_auroc" in best else "")]
+    if result.comparison:
+        c = result.comparison
+        lines.append(f"over the {result.trials['candidate'].nunique()} distinct candidates tried: Kendall tau-b "
+                     f"{c.tau:.3f} (p={c.p_value:.2g}); oracle {c.oracle} {c.oracle_real_auroc:.4f}; "
+                     f"regret {c.regret:.4f}")
+    lines += [f"WARNING: {failure}" for failure in result.worker_failures]
+    return "\n".join(lines)
+
+
+def _open_study(config: SearchConfig, evidence: Evidence) -> tuple[optuna.Study, str]:
+    """The study, created with its MLflow parent run by whichever process comes first, or loaded."""
+    digest = evidence_digest(evidence.validation_sets)
+    name = config.study_name or default_study_name(evidence.task.name, config.space, digest)
+    storage = open_storage(config.storage_url, config.heartbeat_seconds)
+    sampler = optuna.samplers.TPESampler(seed=config.selection.seed)
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="maximize")
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        if study.user_attrs.get(DIGEST_ATTR, digest) != digest:
+            raise ValueError(f"study {name!r} was scored on other synthetic evidence "
+                             f"({study.user_attrs[DIGEST_ATTR]}, now {digest}): give another --study-name")
+        return study, _wait_for_run_id(study)
+    params = {"space": config.space, "n_trials": config.n_trials, "study": name,
+              **{k: ",".join(v) if isinstance(v, tuple) else v for k, v in asdict(config.selection).items()
+                 if k not in ("tracking_uri", "store", "k", "controls")}}
+    with tracking.parent_run(evidence.task.name, "search", params, evidence.validation_sets) as run:
+        mlflow.set_tags({"optuna.study": name, "optuna.storage": _display_url(config.storage_url)})
+    study.set_user_attr(DIGEST_ATTR, digest)
+    study.set_user_attr(RUN_ID_ATTR, run.info.run_id)
+    return study, run.info.run_id
+
+
+def _wait_for_run_id(study: optuna.Study, timeout_seconds: float = 120) -> str:
+    """The study's MLflow run, which the process that created the study may still be starting."""
+    deadline = time.monotonic() + timeout_seconds
+    while RUN_ID_ATTR not in study.user_attrs:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"study {study.study_name} has no MLflow run after {timeout_seconds:.0f} s")
+        time.sleep(0.5)
+    return study.user_attrs[RUN_ID_ATTR]
+
+
+@dataclass(frozen=True)
+class _WorkerJob:
+    config: SearchConfig
+    study_name: str
+    run_id: str
+    index: int
+    torch_threads: int
+
+
+def _run_worker_processes(config: SearchConfig, study: optuna.Study, run_id: str, completed_before: int) -> list[str]:
+    threads = max(1, (os.cpu_count() or 1) // config.workers)
+    context = multiprocessing.get_context("spawn")  # no forked torch or database state
+    processes = [context.Process(target=_worker_main, name=f"search-worker-{i}",
+                                 args=(_WorkerJob(config, study.study_name, run_id, i, threads),))
+                 for i in range(config.workers)]
+    with _environment(TQDM_DISABLE="1"):  # a spawned worker reads it at import: only the launcher shows progress
+        for process in processes:
+            process.start()
+    with tqdm(total=config.n_trials, initial=completed_before, desc=f"trials ({config.workers} workers)") as progress:
+        while any(process.is_alive() for process in processes):
+            time.sleep(1)
+            progress.update(_count(study, TrialState.COMPLETE) - progress.n)
+    return [f"worker {p.name} (pid {p.pid}) exited with code {p.exitcode}; its trial, if any, was marked failed"
+            for p in processes if p.exitcode != 0]
+
+
+def _worker_main(job: _WorkerJob) -> None:
+    torch.set_num_threads(job.torch_threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    selection = job.config.selection
+    tracking.configure(selection.tracking_uri, selection.experiment)
+    features = FeatureCache(device=selection.device, directory=job.config.feature_dir)
+    evidence = gather_evidence(selection)  # the launcher stored the synthetic sets: this reads them
+    sampler = optuna.samplers.TPESampler(seed=selection.seed + 1 + job.index)  # workers must not draw alike
+    study = optuna.load_study(study_name=job.study_name, sampler=sampler,
+                              storage=open_storage(job.config.storage_url, job.config.heartbeat_seconds))
+    work(study, TrialObjective(job.config, evidence, features, job.run_id), job.config.n_trials,
+         job.config.heartbeat_seconds)
+
+
+@contextmanager
+def _environment(**variables: str):
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
+
+
+def _count(study: optuna.Study, state: TrialState) -> int:
+    return len(study.get_trials(deepcopy=False, states=(state,)))
+
+
+def _trials_ahead(trial: optuna.Trial) -> int:
+    """Completed trials, and running ones that started before this one: the trials that count first."""
+    others = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    return sum(1 for t in others if t.state == TrialState.COMPLETE or t.number < trial.number)
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _display_url(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _compare(trials: pd.DataFrame) -> RankingComparison | None:
+    distinct = trials.drop_duplicates("candidate")
+    if len(distinct) < 2:
+        return None
+    return compare_rankings(dict(zip(distinct["candidate"], distinct["synthetic_auroc"])),
+                            dict(zip(distinct["candidate"], distinct["real_auroc"])))
+
+
+def _record(config: SearchConfig, result: SearchResult, evidence: Evidence, features: FeatureCache) -> None:
+    """The study's summary into its MLflow run and, if this invocation completed trials, the best one
+    through the registry's champion/challenger promotion."""
+    best = result.trials.iloc[0]
+    metrics = {"best_synthetic_auroc": float(best["synthetic_auroc"]), "completed_trials": float(len(result.trials))}
+    if "real_auroc" in best:
+        metrics["best_real_auroc"] = float(best["real_auroc"])
+    if result.comparison:
+        metrics.update(kendall_tau=result.comparison.tau, kendall_p=result.comparison.p_value,
+                       regret=result.comparison.regret)
+    with mlflow.start_run(run_id=result.run_id):
+        tracking.log_summary(result.trials, metrics, {"best": result.best.name, "best_trial": str(result.best_trial)},
+                             format_search_report(result), name="trials")
+        if config.selection.register and result.new_trials:
+            detector = result.best.detector(features).fit(evidence.bank)
+            promotion_evidence = {"candidate": result.best.name, "task": evidence.task.name,
+                                  "synthetic_auroc": float(best["synthetic_auroc"]),
+                                  "dataset_digest": evidence_digest(evidence.validation_sets),
+                                  "optuna_study": result.study_name, "optuna_trial": result.best_trial}
+            if "real_auroc" in best:
+                promotion_evidence["real_auroc"] = float(best["real_auroc"])
+            result.promotion = registry.register_and_promote(
+                config.selection.model_name or default_model_name(evidence.task.name), detector, promotion_evidence)
