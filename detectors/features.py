@@ -11,6 +11,7 @@ import os
 import re
 import tempfile
 import time
+import weakref
 import zipfile
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class FeatureCache:
         self.forward_seconds = 0.0
         self._backbones: dict[tuple[str, str], Backbone] = {}
         self._vectors: dict[tuple[str, str, str], dict[tuple[str, str], np.ndarray]] = {}
+        self._read_only_digests: dict[int, tuple[weakref.ref, str]] = {}
 
     def backbone(self, name: str, weights: str) -> Backbone:
         """The backbone `name` with `weights`, built on first use."""
@@ -65,9 +67,27 @@ class FeatureCache:
             raise ValueError("no images to compute features of")
         for image in images:
             _check_image(image)
-        digests = [image_digest(image) for image in images]
+        digests = [self._digest(image) for image in images]
         self._compute_missing(model, images, digests)
         return np.stack([self._vectors[backbone, weights, digest][layer, pooling] for digest in digests])
+
+    def _digest(self, image: np.ndarray) -> str:
+        """The image's content digest; remembered for read-only arrays, which cannot change in place, so that
+        scoring the same evidence again (a search trial) hashes nothing."""
+        if image.flags.writeable:
+            return image_digest(image)
+        known = self._read_only_digests.get(id(image))
+        if known is not None and known[0]() is image:
+            return known[1]
+        key = id(image)
+        self._read_only_digests[key] = (weakref.ref(image, lambda _, key=key: self._forget_digest(key)),
+                                        image_digest(image))
+        return self._read_only_digests[key][1]
+
+    def _forget_digest(self, key: int) -> None:
+        entry = self._read_only_digests.get(key)
+        if entry is not None and entry[0]() is None:
+            del self._read_only_digests[key]
 
     def n_images(self, backbone: str, weights: str) -> int:
         """How many distinct images have features from this backbone in memory."""

@@ -57,7 +57,7 @@ def gather_evidence(config) -> Evidence:
     for validation_set in validation_sets:
         require_two_classes(validation_set.labels, f"synthetic set {validation_set.generator}")
     evidence = Evidence(task, [support[i] for i in split.bank], validation_sets,
-                        {vs.generator: vs.load_images() for vs in validation_sets})
+                        {vs.generator: [_read_only(image) for image in vs.load_images()] for vs in validation_sets})
     if task.validation:
         evidence.real_images = _load_images([item.path for item in task.validation], "real validation images")
         evidence.real_labels = np.array([item.label for item in task.validation])
@@ -92,4 +92,10 @@ def check_candidates(candidates: list[Candidate], features: FeatureCache) -> Non
 
 
 def _load_images(paths, description: str) -> list[np.ndarray]:
-    return [load_rgb(path) for path in tqdm(paths, desc=description)]
+    return [_read_only(load_rgb(path)) for path in tqdm(paths, desc=description)]
+
+
+def _read_only(image: np.ndarray) -> np.ndarray:
+    """Evidence never changes; read-only, its features are looked up without hashing the pixels again."""
+    image.setflags(write=False)
+    return image

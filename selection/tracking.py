@@ -3,12 +3,15 @@ synthetic validation sets as MLflow datasets, and the leaderboard. The only modu
 
 import json
 import tempfile
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
 import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 
 from selection.validation_set import ValidationSet
@@ -67,11 +70,13 @@ def log_candidate(task: str, name: str, params: dict, metrics: dict[str, float],
                   parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> str:
     """A child run of the active run, or of `parent_run_id` (a search's trials, logged from worker
     processes); returns its run id."""
-    with mlflow.start_run(run_name=name, nested=True, parent_run_id=parent_run_id) as run:
-        mlflow.log_params(params)
-        mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})  # NaN: metric not defined here
-        mlflow.set_tags({"task": task, "kind": "candidate", "candidate": name,
-                         "negative_control": str(is_control).lower(), **(tags or {})})
+    tags = {"task": task, "kind": "candidate", "candidate": name, "negative_control": str(is_control).lower(),
+            **(tags or {})}
+    with mlflow.start_run(run_name=name, nested=True, parent_run_id=parent_run_id, tags=tags) as run:
+        now = int(time.time() * 1000)
+        MlflowClient().log_batch(  # one request: a search logs many of these
+            run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()],
+            metrics=[Metric(k, v, now, 0) for k, v in metrics.items() if v == v])  # NaN: not defined here
         for validation_set in validation_sets:
             log_validation_input(validation_set, task)
         return run.info.run_id

@@ -71,3 +71,22 @@ def test_bad_requests_fail_clearly():
         cache.features("pixels_16", "none", "raw", "avg", [np.zeros((32, 32), np.uint8)])
     with pytest.raises(ValueError, match="no images"):
         cache.features("pixels_16", "none", "raw", "avg", [])
+
+
+def test_read_only_images_are_hashed_once_and_writable_ones_every_time(monkeypatch):
+    from detectors import features as module
+
+    hashed = []
+    real_digest = module.image_digest
+    monkeypatch.setattr(module, "image_digest", lambda image: hashed.append(1) or real_digest(image))
+    cache = FeatureCache()
+    frozen = np.zeros((32, 32, 3), np.uint8)
+    frozen.setflags(write=False)
+    writable = np.full((32, 32, 3), 100, np.uint8)
+    for _ in range(3):
+        before = cache.features("pixels_16", "none", "raw", "avg", [frozen, writable])
+    assert len(hashed) == 1 + 3
+    writable[:8, :8] = 0  # changed in place: must not be served the old features
+    after = cache.features("pixels_16", "none", "raw", "avg", [frozen, writable])
+    np.testing.assert_array_equal(after[0], before[0])
+    assert not np.array_equal(after[1], before[1])

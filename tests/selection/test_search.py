@@ -16,11 +16,10 @@ from mlflow import MlflowClient
 from optuna.trial import FixedTrial, TrialState
 
 from detectors import FeatureCache
-from selection.pipeline import SelectionConfig
 from selection.registry import CHAMPION
 from selection.search import parse_args
 from selection.search_space import MAX_K, SpaceBounds, get_search_space, list_search_spaces, search_space
-from selection.study import SearchConfig, TrialObjective, run_search, work
+from selection.study import SearchConfig, TrialObjective, run_search
 from selection.evidence import gather_evidence
 
 SMALL_BOTTLE = ["--task", "mvtec/bottle", "--max-support", "80", "--max-validation", "40", "--n-anomalies", "30",
