@@ -4,11 +4,12 @@ real shared Optuna storage."""
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+from servers import free_port
 
 SERVICE_USER = "postgres"  # created by the Debian package; the server refuses to run as root
 
@@ -17,12 +18,6 @@ def server_binaries() -> Path | None:
     """The newest installed server's bin folder, or None."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
     return Path(found[-1]).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _as_service_user(command: list[str]) -> list[str]:
@@ -41,7 +36,7 @@ def running_server(database: str = "optuna"):
     if os.geteuid() == 0:
         shutil.chown(base, SERVICE_USER)
         shutil.chown(sockets, SERVICE_USER)
-    port = _free_port()
+    port = free_port()
 
     def run(*command: str) -> None:
         subprocess.run(_as_service_user([str(binaries / command[0]), *command[1:]]), check=True,

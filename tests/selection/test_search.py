@@ -14,13 +14,14 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 from optuna.trial import FixedTrial, TrialState
+from servers import api, free_port, serving
 
 from detectors import FeatureCache
+from selection.evidence import gather_evidence
 from selection.registry import CHAMPION
 from selection.search import parse_args
 from selection.search_space import MAX_K, SpaceBounds, get_search_space, list_search_spaces, search_space
 from selection.study import SearchConfig, TrialObjective, run_search
-from selection.evidence import gather_evidence
 
 SMALL_BOTTLE = ["--task", "mvtec/bottle", "--max-support", "80", "--max-validation", "40", "--n-anomalies", "30",
                 "--backbones", "mobilenet_v2"]
@@ -177,3 +178,15 @@ def test_two_workers_on_postgresql_complete_the_trials_and_survive_a_killed_work
     runs = _trial_runs(study.user_attrs["mlflow_run_id"])
     logged = sorted(int(r.data.tags["optuna.trial"]) for r in runs)
     assert logged == completed  # each completed trial logged once: none duplicated, no failed one logged
+
+
+def test_optuna_dashboard_serves_the_study(mvtec_root, tmp_path, tracking_uri):
+    config = _config(mvtec_root, tmp_path, tracking_uri, "--trials", "3", "--no-register")
+    result = run_search(config)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with serving([str(Path(sys.executable).with_name("optuna-dashboard")), config.storage_url, "--host", "127.0.0.1",
+                  "--port", str(port)], f"{base}/api/studies"):
+        (study,) = [s for s in api(f"{base}/api/studies")["study_summaries"] if s["study_name"] == result.study_name]
+        detail = api(f"{base}/api/studies/{study['study_id']}")
+    assert sorted(t["number"] for t in detail["trials"] if t["state"] == "Complete") == [0, 1, 2]
