@@ -27,6 +27,9 @@ class Promotion:
     alias: str
     reason: str
 
+    def __str__(self) -> str:
+        return f"registered {self.model_name} v{self.version} as @{self.alias}: {self.reason}"
+
 
 def register_and_promote(model_name: str, detector: DeepKNN, evidence: dict[str, str | float]) -> Promotion:
     """Log `detector` under the active run, register it and set its alias. `evidence` must hold

@@ -74,8 +74,7 @@ def main(argv=None) -> int:
         return 2
     print(format_report(result))
     if result.promotion:
-        p = result.promotion
-        print(f"registered {p.model_name} v{p.version} as @{p.alias}: {p.reason}")
+        print(result.promotion)
     print(f"MLflow run {result.run_id}; browse with: mlflow ui --backend-store-uri "
           f"{config.tracking_uri or DEFAULT_TRACKING_URI}")
     return 0

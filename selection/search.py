@@ -46,8 +46,7 @@ def main(argv=None) -> int:
         return 2
     print(format_search_report(result))
     if result.promotion:
-        p = result.promotion
-        print(f"registered {p.model_name} v{p.version} as @{p.alias}: {p.reason}")
+        print(result.promotion)
     elif not result.new_trials:
         print("no new trials: the study already had its total; nothing registered")
     print(f"MLflow run {result.run_id}; browse with: mlflow ui --backend-store-uri "

@@ -180,10 +180,12 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
 
 
 def format_search_report(result: SearchResult) -> str:
-    table = result.trials.drop(columns=["worker"]).head(10)
+    distinct = result.trials.drop_duplicates("candidate")  # the sampler revisits good configurations
+    table = distinct.drop(columns=["worker", "seconds"]).head(10).assign(
+        trials=lambda t: t["candidate"].map(result.trials["candidate"].value_counts()))
     best = result.trials.iloc[0]
-    lines = [f"Study {result.study_name}: {len(result.trials)} completed trials "
-             f"({result.new_trials} new), top 10:", "",
+    lines = [f"Study {result.study_name}: {len(result.trials)} completed trials ({result.new_trials} new) of "
+             f"{len(distinct)} distinct candidates; the top 10:", "",
              table.to_string(index=False, float_format=lambda v: f"{v:.4f}"), "",
              f"best: trial {result.best_trial} {result.best.name}: synthetic AUROC {best['synthetic_auroc']:.4f}"
              + (f", real AUROC {best['real_auroc']:.4f}" if "real_auroc" in best else "")]
