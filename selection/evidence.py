@@ -50,7 +50,7 @@ def gather_evidence(config) -> Evidence:
             seed_images=[support[i] for i in split.seed],
             seed_paths=[task.support[i] for i in split.seed],
             heldout_paths=[task.support[i] for i in split.heldout],
-            n_anomalies=config.n_anomalies, seed=config.seed,
+            n_anomalies=config.n_anomalies, seed=config.seed, generator_params=_generator_params(config, generator),
         )
         for generator in tqdm(config.generators, desc="synthetic validation sets")
     ]
@@ -63,6 +63,17 @@ def gather_evidence(config) -> Evidence:
         evidence.real_labels = np.array([item.label for item in task.validation])
         require_two_classes(evidence.real_labels, f"real validation set of {task.name}")
     return evidence
+
+
+def _generator_params(config, generator: str) -> dict:
+    """What the configuration says about one generator (the others keep their defaults)."""
+    if generator != "diffstyle":
+        return {}
+    params = {"steps": config.diffusion_steps, "device": config.device,
+              "cache_dir": str(Path(config.store) / "inversions")}
+    if config.diffusion_model:
+        params["model"] = config.diffusion_model
+    return params
 
 
 def score_candidate(candidate: Candidate, evidence: Evidence, features: FeatureCache) -> tuple[dict, DeepKNN]:

@@ -22,6 +22,8 @@ class SelectionConfig:
     task: str = "elpv"
     data_root: str | None = None
     generators: tuple[str, ...] = ("cutpaste",)
+    diffusion_model: str | None = None  # DiffStyle's UNet: hub id or local directory (default: its own)
+    diffusion_steps: int = 50
     backbones: tuple[str, ...] = OFFLINE_BACKBONES
     layers: tuple[str, ...] = LAYERS
     k: int = 3
@@ -74,7 +76,7 @@ def run_selection(config: SelectionConfig) -> SelectionResult:
     baseline = _largest_pretrained(candidates, features)
     result = SelectionResult(evidence.task, leaderboard, pick, evidence.validation_sets, features=features,
                              warnings=control_warnings(leaderboard))
-    if evidence.has_real_labels:
+    if evidence.has_real_labels and len(candidates) > 1:
         result.comparisons = _compare(leaderboard, evidence.validation_sets, baseline)
     _record(config, result, by_name, fitted[pick.name])
     return result
@@ -179,7 +181,8 @@ def format_report(result: SelectionResult) -> str:
     for vs in result.validation_sets:
         lines.append(f"synthetic set {vs.generator}: {len(vs.labels) - vs.n_anomalies} held-out normals + "
                      f"{vs.n_anomalies} anomalies, digest {vs.digest} ({'reused' if vs.reused else 'generated'}; "
-                     f"{vs.rejected} invisible draws rejected)")
+                     f"{vs.rejected} invisible draws rejected; "
+                     f"{'pixel masks' if vs.has_masks else 'image labels only, no pixel masks'})")
     lines.append(f"pick: {result.pick.name}")
     for name, c in result.comparisons.items():
         among_pretrained = ("" if c.pretrained_tau is None else
@@ -188,7 +191,9 @@ def format_report(result: SelectionResult) -> str:
                      f"pick real AUROC {c.pick_real_auroc:.4f}; "
                      f"oracle {c.oracle} {c.oracle_real_auroc:.4f}; regret {c.regret:.4f}"
                      + (f"; largest model {c.baseline} regret {c.baseline_regret:.4f}" if c.baseline else ""))
-    if not result.comparisons:
+    if len(table) == 1:
+        lines.append("one candidate: nothing to rank")
+    elif not result.comparisons:
         lines.append("no real labelled validation set: real AUROC, tau and regret are not available")
     lines += [f"WARNING: {w}" for w in result.warnings]
     return "\n".join(lines)

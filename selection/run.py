@@ -3,6 +3,8 @@
 import argparse
 import sys
 
+from generation import list_generators
+from generation.diffstyle import DEFAULT_MODEL as DIFFSTYLE_DEFAULT_MODEL
 from selection.candidates import LAYERS, OFFLINE_BACKBONES
 from selection.pipeline import SelectionConfig, format_report, run_selection
 from selection.tasks import available_task_kinds
@@ -22,7 +24,11 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"task to select for: {', '.join(available_task_kinds())} "
                              f"(default: {DEFAULT_TASK}, subsampled to {DEFAULT_TASK_LIMITS})")
     parser.add_argument("--data-root", help="dataset root (else $ANOMALY_DATA_ROOT, else ./data)")
-    parser.add_argument("--generators", type=_csv, default=("cutpaste",), help="comma-separated (default cutpaste)")
+    parser.add_argument("--generators", type=_csv, default=("cutpaste",),
+                        help=f"comma-separated, from: {', '.join(list_generators())} (default cutpaste)")
+    parser.add_argument("--diffusion-model", help="DiffStyle's unconditional diffusers UNet2DModel: a hub id or a "
+                                                  f"local directory (default {DIFFSTYLE_DEFAULT_MODEL})")
+    parser.add_argument("--diffusion-steps", type=int, default=50, help="DiffStyle's DDIM steps (default 50)")
     parser.add_argument("--backbones", "--candidates", type=_csv, default=OFFLINE_BACKBONES,
                         help="comma-separated backbones; timm models as timm:<name> or timm:<name>@<weights file> "
                              f"(default: {','.join(OFFLINE_BACKBONES)})")

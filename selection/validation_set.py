@@ -37,6 +37,11 @@ class ValidationSet:
         return self.manifest["label"].to_numpy()
 
     @property
+    def has_masks(self) -> bool:
+        """Whether the generator made pixel masks (DiffStyle labels whole images only)."""
+        return bool(self.manifest["mask_path"].fillna("").astype(str).str.len().gt(0).any())
+
+    @property
     def n_anomalies(self) -> int:
         return int(self.labels.sum())
 

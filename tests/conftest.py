@@ -6,6 +6,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+import detectors  # noqa: E402,F401  (applies the torchvision fix before a test imports diffusers)
+
 MVTEC_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mvtec_ad"
 
 
@@ -52,3 +54,15 @@ def postgres_url():
         pytest.skip("PostgreSQL server not installed (Debian package `postgresql`, which .ci/run installs)")
     with running_server() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def tiny_ddpm_dir(tmp_path_factory) -> Path:
+    """A local diffusers pipeline directory (unet/, scheduler/) holding the tiny UNet."""
+    from diffusers import DDIMScheduler
+    from tiny_models import build_tiny_unet
+
+    directory = tmp_path_factory.mktemp("tiny-ddpm")
+    build_tiny_unet().save_pretrained(directory / "unet")
+    DDIMScheduler(clip_sample=False).save_pretrained(directory / "scheduler")
+    return directory

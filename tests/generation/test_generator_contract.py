@@ -7,8 +7,9 @@ import pytest
 
 from generation import create_generator, list_generators
 
-FAST_PARAMS = {
+FAST_PARAMS = {  # "{tiny_ddpm_dir}" stands for the tiny local diffusion model of conftest.py
     "cutpaste": {},
+    "diffstyle": {"model": "{tiny_ddpm_dir}", "steps": 4},
 }
 
 
@@ -23,7 +24,10 @@ def test_every_registered_generator_is_under_contract():
 
 @pytest.fixture(params=sorted(FAST_PARAMS))
 def generator(request):
-    return create_generator(request.param, **FAST_PARAMS[request.param])
+    params = dict(FAST_PARAMS[request.param])
+    if params.get("model") == "{tiny_ddpm_dir}":
+        params["model"] = str(request.getfixturevalue("tiny_ddpm_dir"))
+    return create_generator(request.param, **params)
 
 
 def test_output_has_the_promised_shapes_and_types(generator):

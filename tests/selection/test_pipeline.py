@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from selection.pipeline import SelectionConfig, control_warnings, run_selection
+from selection.pipeline import SelectionConfig, control_warnings, format_report, run_selection
 from selection.registry import CHALLENGER, CHAMPION
 from selection.run import main
 
@@ -120,3 +120,18 @@ def test_a_control_above_a_pretrained_candidate_makes_the_set_suspect():
     (warning,) = control_warnings(board)
     assert "pixels" in warning and "1 of 2 pretrained" in warning and "suspect" in warning
     assert control_warnings(board.assign(synthetic_auroc=[0.9, 0.6, 0.7])) == []
+
+
+def test_diffstyle_and_cutpaste_sets_on_bottle_with_a_tiny_diffusion_model(bottle_config, tiny_ddpm_dir):
+    config = replace(bottle_config, generators=("cutpaste", "diffstyle"), diffusion_model=str(tiny_ddpm_dir),
+                     diffusion_steps=4, n_anomalies=12, controls=False, register=False)
+    result = run_selection(config)
+    diffstyle = next(vs for vs in result.validation_sets if vs.generator == "diffstyle")
+    assert diffstyle.n_anomalies == 12 and not diffstyle.has_masks
+    assert set(result.comparisons) == {"cutpaste", "diffstyle", "mean"}  # tau per generator and for the mean
+    assert "image labels only, no pixel masks" in format_report(result)
+
+    parent = MlflowClient().get_run(result.run_id)
+    digests = {d.dataset.digest for d in parent.inputs.dataset_inputs}
+    assert digests == {vs.digest for vs in result.validation_sets}
+    assert (Path(config.store) / "inversions").is_dir()  # the inversions are cached beside the sets
