@@ -172,6 +172,12 @@ def _summary(result: SelectionResult) -> tuple[dict[str, float], dict[str, str]]
     return metrics, tags
 
 
+def _tau_text(tau: float, p_value: float) -> str:
+    if tau != tau:  # NaN: scipy's answer when one ranking is constant
+        return "Kendall tau-b undefined (every candidate scored the same)"
+    return f"Kendall tau-b {tau:.3f} (p={p_value:.2g})"
+
+
 def format_report(result: SelectionResult) -> str:
     """The leaderboard and the selection's verdict as plain text (also logged as leaderboard.md)."""
     table = result.leaderboard.copy()
@@ -185,9 +191,9 @@ def format_report(result: SelectionResult) -> str:
                      f"{'pixel masks' if vs.has_masks else 'image labels only, no pixel masks'})")
     lines.append(f"pick: {result.pick.name}")
     for name, c in result.comparisons.items():
-        among_pretrained = ("" if c.pretrained_tau is None else
-                            f", among pretrained {c.pretrained_tau:.3f} (p={c.pretrained_p_value:.2g})")
-        lines.append(f"[{name}] Kendall tau-b {c.tau:.3f} (p={c.p_value:.2g}){among_pretrained}; "
+        lines.append(f"[{name}] {_tau_text(c.tau, c.p_value)}"
+                     + ("" if c.pretrained_tau is None else
+                        f", among pretrained {_tau_text(c.pretrained_tau, c.pretrained_p_value)}") + "; "
                      f"pick real AUROC {c.pick_real_auroc:.4f}; "
                      f"oracle {c.oracle} {c.oracle_real_auroc:.4f}; regret {c.regret:.4f}"
                      + (f"; largest model {c.baseline} regret {c.baseline_regret:.4f}" if c.baseline else ""))
