@@ -5,12 +5,14 @@ the `@register_generator` class decorator.
 """
 
 from generation.base import Generator
+from generation.cut import CUT
 from generation.cutpaste import CutPaste
 from generation.diffstyle import DiffStyle
 from generation.registry import create_generator, list_generators, register_generator
 from generation.synthetic_set import SyntheticSet, request_digest
 
 __all__ = [
+    "CUT",
     "CutPaste",
     "DiffStyle",
     "Generator",

@@ -50,7 +50,7 @@ def gather_evidence(config) -> Evidence:
             seed_images=[support[i] for i in split.seed],
             seed_paths=[task.support[i] for i in split.seed],
             heldout_paths=[task.support[i] for i in split.heldout],
-            n_anomalies=config.n_anomalies, seed=config.seed, generator_params=_generator_params(config, generator),
+            n_anomalies=config.n_anomalies, seed=config.seed, generator_params=_generator_params(config, task, generator),
         )
         for generator in tqdm(config.generators, desc="synthetic validation sets")
     ]
@@ -65,15 +65,29 @@ def gather_evidence(config) -> Evidence:
     return evidence
 
 
-def _generator_params(config, generator: str) -> dict:
-    """What the configuration says about one generator (the others keep their defaults)."""
-    if generator != "diffstyle":
-        return {}
-    params = {"steps": config.diffusion_steps, "device": config.device,
-              "cache_dir": str(Path(config.store) / "inversions")}
-    if config.diffusion_model:
-        params["model"] = config.diffusion_model
-    return params
+def _generator_params(config, task: Task, generator: str) -> dict:
+    """What the configuration says about one generator; anything it leaves out keeps the generator's default."""
+    store = Path(config.store)
+    if generator == "diffstyle":
+        params = {"steps": config.diffusion_steps, "device": config.device, "cache_dir": str(store / "inversions")}
+        if config.diffusion_model:
+            params["model"] = config.diffusion_model
+    elif generator == "cut":
+        params = {"anomalies": list(config.anomalies), "object_name": config.object_name or object_name(task),
+                  "device": config.device}
+        if config.sd_model:
+            params["model"] = config.sd_model
+    else:
+        params = {}
+    return {**params, **config.generator_options.get(generator, {})}
+
+
+def object_name(task: Task) -> str:
+    """What a prompt calls the task's object: the category, or the folder's name."""
+    if task.name == "elpv":
+        return "solar cell"
+    name = task.name.rstrip("/").split("/")[-1].split(":")[-1]
+    return name.replace("_", " ")
 
 
 def score_candidate(candidate: Candidate, evidence: Evidence, features: FeatureCache) -> tuple[dict, DeepKNN]:

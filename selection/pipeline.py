@@ -24,6 +24,10 @@ class SelectionConfig:
     generators: tuple[str, ...] = ("cutpaste",)
     diffusion_model: str | None = None  # DiffStyle's UNet: hub id or local directory (default: its own)
     diffusion_steps: int = 50
+    sd_model: str | None = None  # CUT's Stable Diffusion: hub id or local directory (default: its own)
+    anomalies: tuple[str, ...] = ("damaged",)  # CUT's anomaly words or phrases, used in turn
+    object_name: str | None = None  # CUT's {cls} (default: from the task name)
+    generator_options: dict = field(default_factory=dict)  # generator -> {parameter: value}, applied last
     backbones: tuple[str, ...] = OFFLINE_BACKBONES
     layers: tuple[str, ...] = LAYERS
     k: int = 3

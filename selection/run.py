@@ -1,9 +1,11 @@
 """`python -m selection.run`: select an anomaly detector for a task without labelled anomalies."""
 
 import argparse
+import json
 import sys
 
 from generation import list_generators
+from generation.cut import DEFAULT_MODEL as CUT_DEFAULT_MODEL
 from generation.diffstyle import DEFAULT_MODEL as DIFFSTYLE_DEFAULT_MODEL
 from selection.candidates import LAYERS, OFFLINE_BACKBONES
 from selection.pipeline import SelectionConfig, format_report, run_selection
@@ -29,6 +31,15 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--diffusion-model", help="DiffStyle's unconditional diffusers UNet2DModel: a hub id or a "
                                                   f"local directory (default {DIFFSTYLE_DEFAULT_MODEL})")
     parser.add_argument("--diffusion-steps", type=int, default=50, help="DiffStyle's DDIM steps (default 50)")
+    parser.add_argument("--sd-model", help="CUT's Stable Diffusion 1.x: a hub id or a local directory with the diffusers "
+                                           f"layout (default {CUT_DEFAULT_MODEL})")
+    parser.add_argument("--anomaly", dest="anomalies", type=_csv, default=("damaged",),
+                        help="CUT's anomaly words or phrases, comma-separated, used in turn (default damaged)")
+    parser.add_argument("--object-name", help="what CUT's prompt calls the object (default: from the task)")
+    parser.add_argument("--generator-option", dest="generator_options", action="append", default=[],
+                        metavar="GENERATOR.PARAM=VALUE",
+                        help="any generator hyper-parameter, e.g. cut.steps=50 or cutpaste.variant=scar "
+                             "(VALUE is JSON where it parses, else a string); repeatable")
     parser.add_argument("--backbones", "--candidates", type=_csv, default=OFFLINE_BACKBONES,
                         help="comma-separated backbones; timm models as timm:<name> or timm:<name>@<weights file> "
                              f"(default: {','.join(OFFLINE_BACKBONES)})")
@@ -48,9 +59,24 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device for backbones, e.g. cuda (default cpu)")
 
 
+def _generator_options(options: list[str]) -> dict[str, dict]:
+    parsed: dict[str, dict] = {}
+    for option in options:
+        target, separator, value = option.partition("=")
+        generator, dot, parameter = target.partition(".")
+        if not separator or not dot or not generator or not parameter:
+            raise SystemExit(f"error: --generator-option wants GENERATOR.PARAM=VALUE, got {option!r}")
+        try:
+            parsed.setdefault(generator, {})[parameter] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed.setdefault(generator, {})[parameter] = value
+    return parsed
+
+
 def selection_config(args: dict) -> SelectionConfig:
     """The SelectionConfig for parsed options (their `vars`); without --task, the embedded default task."""
     fields = {name: args[name] for name in SelectionConfig.__dataclass_fields__ if name in args}
+    fields["generator_options"] = _generator_options(fields.get("generator_options", []))
     if fields["task"] is None:
         fields["task"] = DEFAULT_TASK
         for key, value in DEFAULT_TASK_LIMITS.items():

@@ -66,3 +66,13 @@ def tiny_ddpm_dir(tmp_path_factory) -> Path:
     build_tiny_unet().save_pretrained(directory / "unet")
     DDIMScheduler(clip_sample=False).save_pretrained(directory / "scheduler")
     return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory) -> Path:
+    """A local Stable Diffusion folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/) at toy size."""
+    from tiny_models import save_tiny_stable_diffusion
+
+    directory = tmp_path_factory.mktemp("tiny-sd")
+    save_tiny_stable_diffusion(directory)
+    return directory

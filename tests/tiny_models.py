@@ -21,3 +21,52 @@ def build_tiny_unet(learned_variance: bool = False):
         unet.conv_out.weight.mul_(0.01)
         unet.conv_out.bias.mul_(0.01)
     return unet
+
+
+def clip_tokenizer(directory):
+    """transformers' CLIPTokenizer from open_clip's BPE vocabulary (which open_clip ships, so this works
+    offline); token ids match open_clip's and Stable Diffusion's."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    import open_clip
+    from transformers import CLIPTokenizer
+    from open_clip.tokenizer import bytes_to_unicode
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    vocabulary_file = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    merges = gzip.open(vocabulary_file).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    characters = list(bytes_to_unicode().values())
+    tokens = characters + [c + "</w>" for c in characters] + ["".join(m.split()) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    (directory / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}))
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    # Built from vocab_file/merges_file arguments, transformers 5 makes a 2-token tokenizer: load the folder.
+    return CLIPTokenizer.from_pretrained(directory, model_max_length=77)
+
+
+def save_tiny_stable_diffusion(directory) -> None:
+    """Stable Diffusion's five components at toy size, randomly initialised, in the diffusers folder layout."""
+    from pathlib import Path
+
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    directory = Path(directory)
+    torch.manual_seed(0)
+    UNet2DConditionModel(
+        sample_size=32, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+    ).save_pretrained(directory / "unet")
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 64), latent_channels=4,
+                  norm_num_groups=8).save_pretrained(directory / "vae")
+    CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                                 num_hidden_layers=2, max_position_embeddings=77, bos_token_id=49406,
+                                 eos_token_id=49407, pad_token_id=49407)).save_pretrained(directory / "text_encoder")
+    clip_tokenizer(directory / "tokenizer").save_pretrained(directory / "tokenizer")
+    DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                  set_alpha_to_one=False).save_pretrained(directory / "scheduler")

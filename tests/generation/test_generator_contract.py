@@ -7,7 +7,8 @@ import pytest
 
 from generation import create_generator, list_generators
 
-FAST_PARAMS = {  # "{tiny_ddpm_dir}" stands for the tiny local diffusion model of conftest.py
+FAST_PARAMS = {  # "{tiny_...}" stands for a tiny local model of conftest.py
+    "cut": {"model": "{tiny_sd_dir}", "steps": 6, "resolution": 32, "max_iterations": 2, "object_name": "thing"},
     "cutpaste": {},
     "diffstyle": {"model": "{tiny_ddpm_dir}", "steps": 4},
 }
@@ -25,8 +26,8 @@ def test_every_registered_generator_is_under_contract():
 @pytest.fixture(params=sorted(FAST_PARAMS))
 def generator(request):
     params = dict(FAST_PARAMS[request.param])
-    if params.get("model") == "{tiny_ddpm_dir}":
-        params["model"] = str(request.getfixturevalue("tiny_ddpm_dir"))
+    if str(params.get("model", "")).startswith("{tiny_"):
+        params["model"] = str(request.getfixturevalue(params["model"].strip("{}")))
     return create_generator(request.param, **params)
 
 

@@ -1,5 +1,6 @@
 """End to end on the real MVTec AD bottle data, with MLflow's real SQLite store and registry."""
 
+import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from PIL import Image
 
 from selection.pipeline import SelectionConfig, control_warnings, format_report, run_selection
 from selection.registry import CHALLENGER, CHAMPION
@@ -135,3 +137,33 @@ def test_diffstyle_and_cutpaste_sets_on_bottle_with_a_tiny_diffusion_model(bottl
     digests = {d.dataset.digest for d in parent.inputs.dataset_inputs}
     assert digests == {vs.digest for vs in result.validation_sets}
     assert (Path(config.store) / "inversions").is_dir()  # the inversions are cached beside the sets
+
+
+def test_a_cut_set_with_coarse_masks_on_bottle_with_a_tiny_stable_diffusion(bottle_config, tiny_sd_dir):
+    options = {"cut": {"steps": 8, "resolution": 64, "max_iterations": 2}}
+    config = replace(bottle_config, generators=("cutpaste", "cut"), sd_model=str(tiny_sd_dir),
+                     anomalies=("broken", "cracked"), generator_options=options, n_anomalies=6, controls=False,
+                     register=False)
+    result = run_selection(config)
+    cut = next(vs for vs in result.validation_sets if vs.generator == "cut")
+    assert cut.n_anomalies == 6 and cut.has_masks
+    anomalies = cut.manifest[cut.manifest["label"] == 1]
+    for mask_path in anomalies["mask_path"]:
+        mask = np.asarray(Image.open(mask_path))
+        assert mask.shape == (256, 256) and mask.max() > mask.min()  # a probability map, not a binary footprint
+    assert {json.loads(p)["anomaly"] for p in anomalies["parameters"]} == {"broken", "cracked"}
+    assert json.loads((cut.directory / "generation.json").read_text())["params"]["object_name"] == "bottle"
+    assert "cut" in result.comparisons and "synthetic_auroc/cut" in result.leaderboard
+
+    parent = MlflowClient().get_run(result.run_id)
+    assert cut.digest in {d.dataset.digest for d in parent.inputs.dataset_inputs}
+
+
+def test_generator_options_reach_the_generator():
+    from selection.run import parse_args
+
+    config = parse_args(["--generator-option", "cutpaste.variant=scar", "--generator-option", "cut.steps=30",
+                         "--generator-option", "cut.thresholds=[[0, 0.1]]"])
+    assert config.generator_options == {"cutpaste": {"variant": "scar"}, "cut": {"steps": 30, "thresholds": [[0, 0.1]]}}
+    with pytest.raises(SystemExit):
+        parse_args(["--generator-option", "steps=30"])
