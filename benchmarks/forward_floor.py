@@ -23,7 +23,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         config = parse_args(["--task", args.task, "--data-root", args.data_root,
-                             "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", "--store", f"{tmp}/synthetic"])
+                             "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", "--store", f"{tmp}/synthetic",
+                             "--feature-dir", f"{tmp}/features"])
         start = time.perf_counter()
         result = run_selection(config)
         total = time.perf_counter() - start

@@ -52,8 +52,8 @@ def trial_costs(config, parent_run_id: str) -> list[dict]:
 
 def grid_best(config) -> tuple[str, float, float]:
     evidence = gather_evidence(config.selection)
-    features = FeatureCache(directory=config.feature_dir)
-    rows = [score_candidate(c, evidence, features)[0]
+    features = FeatureCache(directory=config.selection.feature_dir)
+    rows = [score_candidate(c, evidence, features).row
             for c in default_candidates(config.selection.backbones, config.selection.layers, controls=False)]
     best = max(rows, key=lambda row: (row["synthetic_auroc"], row["candidate"]))
     return best["candidate"], best["synthetic_auroc"], best.get("real_auroc", float("nan"))

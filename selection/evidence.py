@@ -90,19 +90,26 @@ def object_name(task: Task) -> str:
     return name.replace("_", " ")
 
 
-def score_candidate(candidate: Candidate, evidence: Evidence, features: FeatureCache) -> tuple[dict, DeepKNN]:
-    """The candidate fitted on the bank, and its row of the leaderboard: AUROC on each synthetic set
-    (`synthetic_auroc/<generator>`), their mean (`synthetic_auroc`) and, with real labels, `real_auroc`."""
+@dataclass
+class ScoredCandidate:
+    row: dict  # the leaderboard row: synthetic_auroc/<generator>, synthetic_auroc (their mean), real_auroc
+    detector: DeepKNN  # fitted on the bank
+    synthetic_scores: dict[str, np.ndarray]  # anomaly scores on each synthetic set, by generator
+
+
+def score_candidate(candidate: Candidate, evidence: Evidence, features: FeatureCache) -> ScoredCandidate:
+    """The candidate fitted on the bank and scored on every synthetic set and, with real labels, the real set."""
     detector = candidate.detector(features).fit(evidence.bank)
     row = {"candidate": candidate.name, "control": candidate.is_control}
+    scores = {vs.generator: detector.anomaly_scores(evidence.synthetic_images[vs.generator])
+              for vs in evidence.validation_sets}
     for vs in evidence.validation_sets:
-        row[f"synthetic_auroc/{vs.generator}"] = auroc(
-            vs.labels, detector.anomaly_scores(evidence.synthetic_images[vs.generator]), f"synthetic set {vs.generator}")
+        row[f"synthetic_auroc/{vs.generator}"] = auroc(vs.labels, scores[vs.generator], f"synthetic set {vs.generator}")
     row["synthetic_auroc"] = float(np.mean([row[f"synthetic_auroc/{vs.generator}"] for vs in evidence.validation_sets]))
     if evidence.has_real_labels:
         row["real_auroc"] = auroc(evidence.real_labels, detector.anomaly_scores(evidence.real_images),
                                   f"real validation set of {evidence.task.name}")
-    return row, detector
+    return ScoredCandidate(row, detector, scores)
 
 
 def check_candidates(candidates: list[Candidate], features: FeatureCache) -> None:

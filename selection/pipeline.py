@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 from detectors import FeatureCache
 from selection import registry, tracking
 from selection.candidates import LAYERS, OFFLINE_BACKBONES, Candidate, default_candidates
+from selection.confidence import DEFAULT_CONFIDENCE, Decision, decide
 from selection.evidence import check_candidates, evidence_digest, gather_evidence, score_candidate
 from selection.scoring import RankingComparison, compare_rankings
 from selection.tasks import Task
@@ -28,6 +29,8 @@ class SelectionConfig:
     anomalies: tuple[str, ...] = ("damaged",)  # CUT's anomaly words or phrases, used in turn
     object_name: str | None = None  # CUT's {cls} (default: from the task name)
     generator_options: dict = field(default_factory=dict)  # generator -> {parameter: value}, applied last
+    prior: str | None = None  # the candidate kept without strong evidence (default: the largest pretrained)
+    confidence: float = DEFAULT_CONFIDENCE  # bootstrap probability the winner needs to overrule the prior
     backbones: tuple[str, ...] = OFFLINE_BACKBONES
     layers: tuple[str, ...] = LAYERS
     k: int = 3
@@ -43,6 +46,7 @@ class SelectionConfig:
     model_name: str | None = None
     register: bool = True
     store: str = "mlruns/synthetic"
+    feature_dir: str | None = "mlruns/features"  # pooled features kept on disk for later runs; None: memory only
     device: str = "cpu"
 
     def candidates(self) -> list[Candidate]:
@@ -53,7 +57,8 @@ class SelectionConfig:
 class SelectionResult:
     task: Task
     leaderboard: pd.DataFrame
-    pick: Candidate
+    pick: Candidate  # what the decision chose: the synthetic winner, or the prior
+    decision: Decision
     validation_sets: list[ValidationSet]
     comparisons: dict[str, RankingComparison] = field(default_factory=dict)  # by generator, and MEAN
     warnings: list[str] = field(default_factory=list)
@@ -63,26 +68,27 @@ class SelectionResult:
 
 
 def run_selection(config: SelectionConfig) -> SelectionResult:
-    features = FeatureCache(device=config.device)
+    features = FeatureCache(device=config.device, directory=config.feature_dir)
     candidates = config.candidates()
     check_candidates(candidates, features)
+    by_name = {c.name: c for c in candidates}
+    if config.prior is not None and config.prior not in by_name:
+        raise ValueError(f"the prior {config.prior!r} is not a candidate; candidates: {', '.join(sorted(by_name))}")
     evidence = gather_evidence(config)
 
-    rows, fitted = [], {}
-    for candidate in tqdm(candidates, desc="candidates"):
-        row, detector = score_candidate(candidate, evidence, features)
-        rows.append(row)
-        fitted[candidate.name] = detector
-
-    leaderboard = _rank(pd.DataFrame(rows))
-    by_name = {c.name: c for c in candidates}
-    pick = by_name[leaderboard.iloc[0]["candidate"]]
+    scored = {candidate.name: score_candidate(candidate, evidence, features)
+              for candidate in tqdm(candidates, desc="candidates")}
+    leaderboard = _rank(pd.DataFrame([item.row for item in scored.values()]))
     baseline = _largest_pretrained(candidates, features)
-    result = SelectionResult(evidence.task, leaderboard, pick, evidence.validation_sets, features=features,
-                             warnings=control_warnings(leaderboard))
+    prior = config.prior or (baseline.name if baseline else None)
+    decision = decide(list(leaderboard["candidate"]), prior,
+                      {vs.generator: vs.labels for vs in evidence.validation_sets},
+                      {name: item.synthetic_scores for name, item in scored.items()}, config.confidence, config.seed)
+    result = SelectionResult(evidence.task, leaderboard, by_name[decision.chosen], decision, evidence.validation_sets,
+                             features=features, warnings=control_warnings(leaderboard))
     if evidence.has_real_labels and len(candidates) > 1:
         result.comparisons = _compare(leaderboard, evidence.validation_sets, baseline)
-    _record(config, result, by_name, fitted[pick.name])
+    _record(config, result, by_name, scored[decision.chosen].detector)
     return result
 
 
@@ -137,7 +143,7 @@ def default_model_name(task: str) -> str:
 def _record(config: SelectionConfig, result: SelectionResult, by_name: dict[str, Candidate], picked_detector) -> None:
     """Write everything to MLflow only once all scoring succeeded, so a failure records nothing partial."""
     tracking.configure(config.tracking_uri, config.experiment)
-    params = {k: v for k, v in asdict(config).items() if k not in ("tracking_uri", "store")}
+    params = {k: v for k, v in asdict(config).items() if k not in ("tracking_uri", "store", "feature_dir")}
     params = {k: ",".join(v) if isinstance(v, tuple) else v for k, v in params.items()}
     with tracking.parent_run(result.task.name, "selection", params, result.validation_sets) as run:
         result.run_id = run.info.run_id
@@ -150,19 +156,34 @@ def _record(config: SelectionConfig, result: SelectionResult, by_name: dict[str,
         summary, tags = _summary(result)
         tracking.log_summary(result.leaderboard, summary, tags, format_report(result))
         if config.register:
+            chosen = result.leaderboard.set_index("candidate").loc[result.pick.name]
+            decision = result.decision
             evidence = {"candidate": result.pick.name, "task": result.task.name,
-                        "synthetic_auroc": float(result.leaderboard.iloc[0]["synthetic_auroc"]),
-                        "dataset_digest": evidence_digest(result.validation_sets)}
+                        "synthetic_auroc": float(chosen["synthetic_auroc"]),
+                        "dataset_digest": evidence_digest(result.validation_sets),
+                        "synthetic_winner": decision.winner, "prior": decision.prior or "none",
+                        "confidence_over_prior": "n/a" if decision.confidence is None else decision.confidence,
+                        "confidence_threshold": decision.threshold, "decision": decision.reason}
             if result.comparisons:
                 main = result.comparisons.get(MEAN) or next(iter(result.comparisons.values()))
-                evidence.update(real_auroc=main.pick_real_auroc, kendall_tau=main.tau, kendall_p=main.p_value)
+                evidence.update(real_auroc=float(chosen["real_auroc"]), kendall_tau=main.tau, kendall_p=main.p_value)
             result.promotion = registry.register_and_promote(
                 config.model_name or default_model_name(result.task.name), picked_detector, evidence)
 
 
 def _summary(result: SelectionResult) -> tuple[dict[str, float], dict[str, str]]:
-    metrics = {"pick_synthetic_auroc": float(result.leaderboard.iloc[0]["synthetic_auroc"])}
-    tags = {"pick": result.pick.name, "warnings": " | ".join(result.warnings) or "none"}
+    decision = result.decision
+    board = result.leaderboard.set_index("candidate")
+    metrics = {"pick_synthetic_auroc": float(board.loc[result.pick.name, "synthetic_auroc"])}
+    if decision.confidence is not None:
+        metrics["confidence_over_prior"] = decision.confidence
+    if decision.runner_up_confidence is not None:
+        metrics["confidence_over_runner_up"] = decision.runner_up_confidence
+    if "real_auroc" in board:
+        metrics["pick_real_auroc"] = float(board.loc[result.pick.name, "real_auroc"])
+        metrics["pick_regret"] = float(board["real_auroc"].max() - board.loc[result.pick.name, "real_auroc"])
+    tags = {"pick": result.pick.name, "synthetic_winner": decision.winner, "prior": decision.prior or "none",
+            "decision": decision.reason, "warnings": " | ".join(result.warnings) or "none"}
     for name, comparison in result.comparisons.items():
         metrics.update({f"kendall_tau/{name}": comparison.tau, f"kendall_p/{name}": comparison.p_value,
                         f"regret/{name}": comparison.regret, f"pick_real_auroc/{name}": comparison.pick_real_auroc,
@@ -193,12 +214,24 @@ def format_report(result: SelectionResult) -> str:
                      f"{vs.n_anomalies} anomalies, digest {vs.digest} ({'reused' if vs.reused else 'generated'}; "
                      f"{vs.rejected} invisible draws rejected; "
                      f"{'pixel masks' if vs.has_masks else 'image labels only, no pixel masks'})")
-    lines.append(f"pick: {result.pick.name}")
+    decision = result.decision
+    lines.append(f"synthetic winner: {decision.winner}"
+                 + ("" if decision.runner_up_confidence is None else
+                    f" (beats the runner-up {decision.runner_up} in {decision.runner_up_confidence:.0%} of "
+                    "bootstrap resamples)"))
+    if decision.prior:
+        lines.append(f"prior: {decision.prior}; {decision.reason}")
+    board = result.leaderboard.set_index("candidate")
+    pick_line = f"pick: {result.pick.name}"
+    if "real_auroc" in board:
+        pick_line += (f" (real AUROC {board.loc[result.pick.name, 'real_auroc']:.4f}, "
+                      f"regret {board['real_auroc'].max() - board.loc[result.pick.name, 'real_auroc']:.4f})")
+    lines.append(pick_line)
     for name, c in result.comparisons.items():
-        lines.append(f"[{name}] {_tau_text(c.tau, c.p_value)}"
+        lines.append(f"[{name}] synthetic ranking: {_tau_text(c.tau, c.p_value)}"
                      + ("" if c.pretrained_tau is None else
                         f", among pretrained {_tau_text(c.pretrained_tau, c.pretrained_p_value)}") + "; "
-                     f"pick real AUROC {c.pick_real_auroc:.4f}; "
+                     f"its winner's real AUROC {c.pick_real_auroc:.4f}; "
                      f"oracle {c.oracle} {c.oracle_real_auroc:.4f}; regret {c.regret:.4f}"
                      + (f"; largest model {c.baseline} regret {c.baseline_regret:.4f}" if c.baseline else ""))
     if len(table) == 1:

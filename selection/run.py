@@ -8,6 +8,7 @@ from generation import list_generators
 from generation.cut import DEFAULT_MODEL as CUT_DEFAULT_MODEL
 from generation.diffstyle import DEFAULT_MODEL as DIFFSTYLE_DEFAULT_MODEL
 from selection.candidates import LAYERS, OFFLINE_BACKBONES
+from selection.confidence import DEFAULT_CONFIDENCE
 from selection.pipeline import SelectionConfig, format_report, run_selection
 from selection.tasks import available_task_kinds
 from selection.tracking import DEFAULT_TRACKING_URI
@@ -56,6 +57,8 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-name", help="registered model name (default anomaly-<task>)")
     parser.add_argument("--no-register", dest="register", action="store_false", help="do not register the pick")
     parser.add_argument("--store", default="mlruns/synthetic", help="where synthetic validation sets are stored")
+    parser.add_argument("--feature-dir", default="mlruns/features",
+                        help="where pooled backbone features are kept for later runs and other workers")
     parser.add_argument("--device", default="cpu", help="torch device for backbones, e.g. cuda (default cpu)")
 
 
@@ -94,6 +97,11 @@ def parse_args(argv=None) -> SelectionConfig:
     parser.add_argument("--k", type=int, default=3, help="neighbours in deep kNN (default 3)")
     parser.add_argument("--no-controls", dest="controls", action="store_false",
                         help="skip the negative controls (random-weight backbones, raw-pixel kNN)")
+    parser.add_argument("--prior", help="the candidate to keep unless the synthetic evidence is confident it is "
+                                        "beaten (default: the largest pretrained backbone at its last layer)")
+    parser.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE,
+                        help="bootstrap probability the synthetic winner needs to overrule the prior "
+                             f"(default {DEFAULT_CONFIDENCE}; 0 always takes the synthetic winner)")
     return selection_config(vars(parser.parse_args(argv)))
 
 

@@ -29,11 +29,10 @@ def parse_args(argv=None) -> SearchConfig:
     parser.add_argument("--study-name", help="default: <task>/<space>/<synthetic set digest>")
     parser.add_argument("--heartbeat-seconds", type=int, default=10,
                         help="trial heartbeat; a trial silent for 3x this long is marked failed (default 10)")
-    parser.add_argument("--feature-dir", default="mlruns/features", help="pooled features shared by the workers")
     args = vars(parser.parse_args(argv))
     return SearchConfig(selection=selection_config(args), space=args["space"], n_trials=args["trials"],
                         workers=args["workers"], storage=args["storage"], study_name=args["study_name"],
-                        heartbeat_seconds=args["heartbeat_seconds"], feature_dir=args["feature_dir"])
+                        heartbeat_seconds=args["heartbeat_seconds"])
 
 
 def main(argv=None) -> int:

@@ -46,7 +46,6 @@ class SearchConfig:
     storage: str | None = None  # an SQLAlchemy URL; default DEFAULT_STORAGE
     study_name: str | None = None  # default: task, space and the synthetic evidence's digest
     heartbeat_seconds: int = 10  # a trial without a heartbeat for 3x this long is marked failed
-    feature_dir: str = "mlruns/features"  # pooled features shared by the workers
 
     @property
     def storage_url(self) -> str:
@@ -71,7 +70,7 @@ def run_search(config: SearchConfig) -> SearchResult:
     if config.n_trials < 1 or config.workers < 1:
         raise ValueError(f"need at least one trial and one worker, got {config.n_trials} and {config.workers}")
     space = get_search_space(config.space)
-    features = FeatureCache(device=selection.device, directory=config.feature_dir)
+    features = FeatureCache(device=selection.device, directory=selection.feature_dir)
     check_candidates([Candidate(b, "imagenet", layer) for b in selection.backbones for layer in selection.layers],
                      features)
     evidence = gather_evidence(selection)
@@ -119,7 +118,7 @@ class TrialObjective:
             raise optuna.TrialPruned(f"over the study's total of {self.n_trials} trials")
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         candidate = self.space(trial, self.bounds)
-        row, _ = score_candidate(candidate, self.evidence, self.features)
+        row = score_candidate(candidate, self.evidence, self.features).row
         trial.set_user_attr("candidate", candidate.name)
         for key, value in row.items():
             if "auroc" in key:
@@ -214,7 +213,7 @@ def _open_study(config: SearchConfig, evidence: Evidence) -> tuple[optuna.Study,
         return study, _wait_for_run_id(study)
     params = {"space": config.space, "n_trials": config.n_trials, "study": name,
               **{k: ",".join(v) if isinstance(v, tuple) else v for k, v in asdict(config.selection).items()
-                 if k not in ("tracking_uri", "store", "k", "controls")}}
+                 if k not in ("tracking_uri", "store", "feature_dir", "k", "controls", "prior", "confidence")}}
     with tracking.parent_run(evidence.task.name, "search", params, evidence.validation_sets) as run:
         mlflow.set_tags({"optuna.study": name, "optuna.storage": _display_url(config.storage_url)})
     study.set_user_attr(DIGEST_ATTR, digest)
@@ -263,7 +262,7 @@ def _worker_main(job: _WorkerJob) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     selection = job.config.selection
     tracking.configure(selection.tracking_uri, selection.experiment)
-    features = FeatureCache(device=selection.device, directory=job.config.feature_dir)
+    features = FeatureCache(device=selection.device, directory=selection.feature_dir)
     evidence = gather_evidence(selection)  # the launcher stored the synthetic sets: this reads them
     sampler = optuna.samplers.TPESampler(seed=selection.seed + 1 + job.index)  # workers must not draw alike
     study = optuna.load_study(study_name=job.study_name, sampler=sampler,

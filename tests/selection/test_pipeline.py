@@ -31,7 +31,11 @@ def test_selection_on_bottle_records_everything_and_promotes_the_pick(bottle_con
     assert set(board["control"]) == {True, False}
     assert board["real_auroc"].between(0, 1).all() and board["synthetic_auroc"].between(0, 1).all()
     assert board["synthetic_auroc"].is_monotonic_decreasing
-    assert result.pick.name == board.iloc[0]["candidate"]
+    decision = result.decision
+    assert decision.winner == board.iloc[0]["candidate"] and result.pick.name == decision.chosen
+    assert decision.prior == "knn/mobilenet_v2/imagenet/last/avg/k3"  # the largest (only) pretrained, last layer
+    assert result.pick.name == (decision.winner if decision.winner == decision.prior or
+                                decision.confidence >= 0.95 else decision.prior)
     pretrained = board[~board["control"]]
     assert pretrained["real_auroc"].max() > 0.9  # MobileNetV2 features separate broken bottles well
 
@@ -60,14 +64,16 @@ def test_selection_on_bottle_records_everything_and_promotes_the_pick(bottle_con
     assert result.promotion.alias == CHAMPION
     version = client.get_model_version_by_alias(result.promotion.model_name, CHAMPION)
     assert version.tags["dataset_digest"] == result.validation_sets[0].digest
-    assert float(version.tags["real_auroc"]) == pytest.approx(comparison.pick_real_auroc)
+    picked_real_auroc = float(board.set_index("candidate").loc[result.pick.name, "real_auroc"])
+    assert float(version.tags["real_auroc"]) == pytest.approx(picked_real_auroc)
+    assert version.tags["prior"] == decision.prior and version.tags["synthetic_winner"] == decision.winner
     model = mlflow.pyfunc.load_model(f"models:/{result.promotion.model_name}@champion")
     real = result.task.validation
     scores = model.predict([str(item.path) for item in real])
     labels = np.array([item.label for item in real])
     from sklearn.metrics import roc_auc_score
 
-    assert roc_auc_score(labels, scores) == pytest.approx(comparison.pick_real_auroc)
+    assert roc_auc_score(labels, scores) == pytest.approx(picked_real_auroc)
 
 
 def test_second_run_reuses_the_synthetic_set_and_keeps_the_champion(bottle_config):
@@ -108,6 +114,7 @@ def test_bad_input_fails_clearly_and_loses_nothing_recorded(bottle_config, mvtec
 
 @pytest.mark.parametrize("change, message", [
     ({"backbones": ("resnet_nonexistent",)}, "unknown backbone 'resnet_nonexistent'"),
+    ({"prior": "knn/alexnet/imagenet/last/avg/k3"}, "the prior 'knn/alexnet/imagenet/last/avg/k3' is not a candidate"),
     ({"layers": ("top",)}, "has no layer 'top'"),
 ])
 def test_bad_candidates_fail_before_any_work(bottle_config, change, message):
