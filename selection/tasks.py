@@ -19,11 +19,12 @@ UNKNOWN_DEFECT = "anomaly"  # defect type of anomalies in data sets that do not 
 VISA_COLUMNS = ("object", "split", "label", "image", "mask")
 VISA_LABELS = {"normal": 0, "anomaly": 1}
 
-# ELPV has no train/test split. The fixed one: every normal cell is ranked by the SHA-256 of its file name
-# salted with this constant, and the first 20% of each cell type (mono, poly) go to validation, with every
-# anomalous cell; the other normals are the support set. A hash, not an RNG, so no library update moves it.
-ELPV_SPLIT_SALT = "swsa-elpv-split-v1"
+# ELPV and the textiles have no train/test split. The fixed one: normals are ranked by the SHA-256 of their
+# file names salted with this constant, and the first 20% (of each ELPV cell type, mono and poly) go to
+# validation with every anomalous image; the other normals are the support set.
+SPLIT_SALT = "swsa-elpv-split-v1"  # its name predates the textiles; changing it would move ELPV's split
 ELPV_VALIDATION_FRACTION = 0.2
+TEXTILE_VALIDATION_FRACTION = 0.2
 
 
 class TaskError(ValueError):
@@ -79,7 +80,7 @@ def _stratified_choice(labels: list[int], n: int, rng: np.random.Generator) -> l
 
 
 def available_task_kinds() -> list[str]:
-    return ["mvtec/<category>", "visa/<category>", "elpv", "folder:<path>"]
+    return ["mvtec/<category>", "visa/<category>", "elpv", "textile", "folder:<path>"]
 
 
 def resolve_data_root(data_root: str | Path | None) -> Path:
@@ -92,6 +93,8 @@ def resolve_data_root(data_root: str | Path | None) -> Path:
 def load_task(spec: str, data_root: str | Path | None = None) -> Task:
     if spec == "elpv":
         return _load_elpv()
+    if spec == "textile":
+        return _load_textile()
     if spec.startswith("folder:") and spec != "folder:":
         base = Path(spec.removeprefix("folder:"))
         if not base.is_dir():
@@ -236,10 +239,9 @@ def _load_elpv() -> Task:
 
     support, held_out = [], []
     for cell_type in sorted(normals_by_type):
-        ranked = sorted(normals_by_type[cell_type], key=_elpv_rank)
-        n_held_out = round(ELPV_VALIDATION_FRACTION * len(ranked))
-        held_out += ranked[:n_held_out]
-        support += ranked[n_held_out:]
+        type_held_out, type_support = _hashed_split(normals_by_type[cell_type], ELPV_VALIDATION_FRACTION)
+        held_out += type_held_out
+        support += type_support
     validation = sorted(
         [LabelledImage(path, 0, NORMAL) for path in held_out]
         + [LabelledImage(path, 1, UNKNOWN_DEFECT) for path in anomalies],
@@ -248,5 +250,24 @@ def _load_elpv() -> Task:
     return Task("elpv", tuple(sorted(support)), tuple(validation))
 
 
-def _elpv_rank(path: Path) -> str:
-    return hashlib.sha256(f"{ELPV_SPLIT_SALT}:{path.name}".encode()).hexdigest()
+def _hashed_split(paths, fraction: float) -> tuple[list[Path], list[Path]]:
+    """(held out, rest): normals ranked by the SHA-256 of their salted file names, the first `fraction` held
+    out. A hash, not an RNG, so no library update moves the split."""
+    ranked = sorted(paths, key=lambda path: hashlib.sha256(f"{SPLIT_SALT}:{path.name}".encode()).hexdigest())
+    n_held_out = round(fraction * len(ranked))
+    return ranked[:n_held_out], ranked[n_held_out:]
+
+
+def _load_textile() -> Task:
+    """Simulated textiles (pip conformal-clip-data): nominal images are normal, local and global defects
+    anomalous; a fixed hashed 20% of the nominal images joins the defects in the validation set."""
+    try:
+        import conformal_clip_data
+    except ImportError:
+        raise TaskError("task textile needs the pip package conformal-clip-data: "
+                        "pip install conformal-clip-data") from None
+    held_out, support = _hashed_split(_images_in(conformal_clip_data.nominal_dir()), TEXTILE_VALIDATION_FRACTION)
+    validation = [LabelledImage(path, 0, NORMAL) for path in held_out]
+    for defect, folder in (("local", conformal_clip_data.local_dir()), ("global", conformal_clip_data.global_dir())):
+        validation += [LabelledImage(path, 1, defect) for path in _images_in(folder)]
+    return Task("textile", tuple(sorted(support)), tuple(sorted(validation, key=lambda item: item.path)))

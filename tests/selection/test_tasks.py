@@ -288,3 +288,13 @@ def test_subsample_refuses_limits_that_cannot_keep_both_classes():
         _toy_task().subsample(None, 1, seed=0)
     with pytest.raises(TaskError, match="max_support"):
         _toy_task().subsample(0, None, seed=0)
+
+
+def test_textile_task_from_its_pip_package():
+    task = load_task("textile")
+    assert len(task.support) == 800 and len(task.validation) == 1200
+    defects = [item.defect for item in task.validation]
+    assert defects.count(NORMAL) == 200 and defects.count("local") == 500 and defects.count("global") == 500
+    assert all(item.label == (item.defect != NORMAL) for item in task.validation)
+    assert not set(task.support) & {item.path for item in task.validation}
+    assert load_task("textile") == task  # a fixed split
