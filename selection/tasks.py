@@ -1,6 +1,7 @@
 """Task strings -> a support set of normal images and, where the data has one, a labelled validation set."""
 
 import csv
+import gzip
 import hashlib
 import importlib.util
 import os
@@ -8,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 DATA_ROOT_ENV = "ANOMALY_DATA_ROOT"
 DEFAULT_DATA_ROOT = Path("data")
@@ -25,6 +27,9 @@ VISA_LABELS = {"normal": 0, "anomaly": 1}
 SPLIT_SALT = "swsa-elpv-split-v1"  # its name predates the textiles; changing it would move ELPV's split
 ELPV_VALIDATION_FRACTION = 0.2
 TEXTILE_VALIDATION_FRACTION = 0.2
+FASHION_MNIST_SOURCE = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+FASHION_MNIST_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                         "ankle-boot")
 
 
 class TaskError(ValueError):
@@ -80,7 +85,7 @@ def _stratified_choice(labels: list[int], n: int, rng: np.random.Generator) -> l
 
 
 def available_task_kinds() -> list[str]:
-    return ["mvtec/<category>", "visa/<category>", "elpv", "textile", "folder:<path>"]
+    return ["mvtec/<category>", "visa/<category>", "elpv", "textile", "fashion-mnist/<class>", "folder:<path>"]
 
 
 def resolve_data_root(data_root: str | Path | None) -> Path:
@@ -101,6 +106,8 @@ def load_task(spec: str, data_root: str | Path | None = None) -> Task:
             raise TaskError(f"task folder {base} does not exist")
         return _load_folder_layout(spec, base, strict=False)
     kind, _, category = spec.partition("/")
+    if kind == "fashion-mnist" and category:
+        return _load_fashion_mnist(category, resolve_data_root(data_root))
     if kind in ("mvtec", "visa") and category and "/" not in category and category not in (".", ".."):
         root = resolve_data_root(data_root)
         return _load_mvtec(root, category) if kind == "mvtec" else _load_visa(root, category)
@@ -256,6 +263,46 @@ def _hashed_split(paths, fraction: float) -> tuple[list[Path], list[Path]]:
     ranked = sorted(paths, key=lambda path: hashlib.sha256(f"{SPLIT_SALT}:{path.name}".encode()).hexdigest())
     n_held_out = round(fraction * len(ranked))
     return ranked[:n_held_out], ranked[n_held_out:]
+
+
+def _load_fashion_mnist(category: str, data_root: Path) -> Task:
+    """One class of Fashion-MNIST (Debian's dataset-fashion-mnist) against the other nine, as SWSA does with
+    CUB and Flowers: that class's training images are the support set; the whole test set (the class normal,
+    the rest anomalous) the validation set. The images are written once as PNGs under the data root."""
+    if category in FASHION_MNIST_CLASSES:
+        label = FASHION_MNIST_CLASSES.index(category)
+    elif category.isdigit() and int(category) < len(FASHION_MNIST_CLASSES):
+        label = int(category)
+    else:
+        raise TaskError(f"unknown Fashion-MNIST class {category!r}; classes: {', '.join(FASHION_MNIST_CLASSES)}")
+    folder = data_root / "fashion-mnist"
+    train = _fashion_mnist_pngs("train", folder)
+    test = _fashion_mnist_pngs("t10k", folder)
+    name = f"fashion-mnist/{FASHION_MNIST_CLASSES[label]}"
+    support = tuple(path for path, value in train if value == label)
+    validation = tuple(LabelledImage(path, int(value != label), NORMAL if value == label else
+                                     FASHION_MNIST_CLASSES[value]) for path, value in test)
+    return Task(name, support, validation)
+
+
+def _fashion_mnist_pngs(split: str, folder: Path) -> list[tuple[Path, int]]:
+    """(PNG path, label) for every image of a split, writing the PNGs on first use."""
+    images_file = FASHION_MNIST_SOURCE / f"{split}-images-idx3-ubyte.gz"
+    labels_file = FASHION_MNIST_SOURCE / f"{split}-labels-idx1-ubyte.gz"
+    if not images_file.is_file() or not labels_file.is_file():
+        raise TaskError(f"Fashion-MNIST not found in {FASHION_MNIST_SOURCE}: apt-get install dataset-fashion-mnist")
+    with gzip.open(labels_file) as stream:
+        labels = np.frombuffer(stream.read(), np.uint8, offset=8)
+    target = folder / split
+    paths = [target / f"{index:05d}.png" for index in range(len(labels))]
+    if not (target / "complete").is_file():
+        with gzip.open(images_file) as stream:
+            images = np.frombuffer(stream.read(), np.uint8, offset=16).reshape(len(labels), 28, 28)
+        target.mkdir(parents=True, exist_ok=True)
+        for path, image in zip(paths, images):
+            Image.fromarray(image).save(path)
+        (target / "complete").touch()  # last: an interrupted export is redone
+    return list(zip(paths, labels.tolist()))
 
 
 def _load_textile() -> Task:

@@ -8,6 +8,8 @@ from PIL import Image
 
 from selection.tasks import (
     DATA_ROOT_ENV,
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_SOURCE,
     NORMAL,
     LabelledImage,
     Task,
@@ -298,3 +300,17 @@ def test_textile_task_from_its_pip_package():
     assert all(item.label == (item.defect != NORMAL) for item in task.validation)
     assert not set(task.support) & {item.path for item in task.validation}
     assert load_task("textile") == task  # a fixed split
+
+
+@pytest.mark.skipif(not FASHION_MNIST_SOURCE.is_dir(),
+                    reason="Debian's dataset-fashion-mnist is not installed (.ci/run installs it)")
+def test_fashion_mnist_one_class_against_the_rest(tmp_path):
+    task = load_task("fashion-mnist/bag", tmp_path)
+    assert task.name == "fashion-mnist/bag" and len(task.support) == 6000 and len(task.validation) == 10000
+    assert sum(item.label == 0 for item in task.validation) == 1000  # the test set's bags
+    assert {item.defect for item in task.validation if item.label} == set(FASHION_MNIST_CLASSES) - {"bag"}
+    image = Image.open(task.support[0])
+    assert image.size == (28, 28)
+    assert load_task("fashion-mnist/8", tmp_path).support == task.support  # by index too, PNGs reused
+    with pytest.raises(TaskError, match="unknown Fashion-MNIST class 'hat'"):
+        load_task("fashion-mnist/hat", tmp_path)
