@@ -28,6 +28,7 @@ SPLIT_SALT = "swsa-elpv-split-v1"  # its name predates the textiles; changing it
 ELPV_VALIDATION_FRACTION = 0.2
 TEXTILE_VALIDATION_FRACTION = 0.2
 FASHION_MNIST_SOURCE = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+FASHION_MNIST_SIDE = 64
 FASHION_MNIST_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                          "ankle-boot")
 
@@ -268,14 +269,15 @@ def _hashed_split(paths, fraction: float) -> tuple[list[Path], list[Path]]:
 def _load_fashion_mnist(category: str, data_root: Path) -> Task:
     """One class of Fashion-MNIST (Debian's dataset-fashion-mnist) against the other nine, as SWSA does with
     CUB and Flowers: that class's training images are the support set; the whole test set (the class normal,
-    the rest anomalous) the validation set. The images are written once as PNGs under the data root."""
+    the rest anomalous) the validation set. The 28 px images are written once as 64 px PNGs (bilinear) under
+    the data root: CutPaste's patches and scars need room."""
     if category in FASHION_MNIST_CLASSES:
         label = FASHION_MNIST_CLASSES.index(category)
     elif category.isdigit() and int(category) < len(FASHION_MNIST_CLASSES):
         label = int(category)
     else:
         raise TaskError(f"unknown Fashion-MNIST class {category!r}; classes: {', '.join(FASHION_MNIST_CLASSES)}")
-    folder = data_root / "fashion-mnist"
+    folder = data_root / f"fashion-mnist-{FASHION_MNIST_SIDE}px"
     train = _fashion_mnist_pngs("train", folder)
     test = _fashion_mnist_pngs("t10k", folder)
     name = f"fashion-mnist/{FASHION_MNIST_CLASSES[label]}"
@@ -300,7 +302,7 @@ def _fashion_mnist_pngs(split: str, folder: Path) -> list[tuple[Path, int]]:
             images = np.frombuffer(stream.read(), np.uint8, offset=16).reshape(len(labels), 28, 28)
         target.mkdir(parents=True, exist_ok=True)
         for path, image in zip(paths, images):
-            Image.fromarray(image).save(path)
+            Image.fromarray(image).resize((FASHION_MNIST_SIDE,) * 2, Image.BILINEAR).save(path)
         (target / "complete").touch()  # last: an interrupted export is redone
     return list(zip(paths, labels.tolist()))
 

@@ -310,7 +310,7 @@ def test_fashion_mnist_one_class_against_the_rest(tmp_path):
     assert sum(item.label == 0 for item in task.validation) == 1000  # the test set's bags
     assert {item.defect for item in task.validation if item.label} == set(FASHION_MNIST_CLASSES) - {"bag"}
     image = Image.open(task.support[0])
-    assert image.size == (28, 28)
+    assert image.size == (64, 64)  # upscaled from 28 px so that CutPaste fits
     assert load_task("fashion-mnist/8", tmp_path).support == task.support  # by index too, PNGs reused
     with pytest.raises(TaskError, match="unknown Fashion-MNIST class 'hat'"):
         load_task("fashion-mnist/hat", tmp_path)
