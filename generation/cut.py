@@ -30,6 +30,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from generation.base import Generator
+from generation.devices import resolve_device
 from generation.registry import register_generator
 from generation.synthetic_set import SyntheticSet
 
@@ -307,9 +308,7 @@ class StableDiffusionParts:
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        resolved = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                ("cpu" if device == "auto" else device))
-        dtype = torch.float16 if resolved.type == "cuda" else torch.float32
+        resolved, dtype = resolve_device(device)
         try:
             unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype,
                                                         low_cpu_mem_usage=False)

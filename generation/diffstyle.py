@@ -26,6 +26,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from generation.base import Generator
+from generation.devices import resolve_device
 from generation.registry import register_generator
 from generation.synthetic_set import SyntheticSet
 
@@ -169,9 +170,7 @@ class DiffusionModel:
         _torchvision_fix.apply()  # diffusers imports torchvision
         from diffusers import DDIMScheduler, UNet2DModel
 
-        resolved = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                ("cpu" if device == "auto" else device))
-        dtype = torch.float16 if resolved.type == "cuda" else torch.float32
+        resolved, dtype = resolve_device(device)
         unet = None
         for subfolder in ("unet", None):
             try:

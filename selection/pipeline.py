@@ -179,9 +179,8 @@ def _summary(result: SelectionResult) -> tuple[dict[str, float], dict[str, str]]
         metrics["confidence_over_prior"] = decision.confidence
     if decision.runner_up_confidence is not None:
         metrics["confidence_over_runner_up"] = decision.runner_up_confidence
-    if "real_auroc" in board:
-        metrics["pick_real_auroc"] = float(board.loc[result.pick.name, "real_auroc"])
-        metrics["pick_regret"] = float(board["real_auroc"].max() - board.loc[result.pick.name, "real_auroc"])
+    if (real := _pick_real_auroc_and_regret(result)) is not None:
+        metrics["pick_real_auroc"], metrics["pick_regret"] = real
     tags = {"pick": result.pick.name, "synthetic_winner": decision.winner, "prior": decision.prior or "none",
             "decision": decision.reason, "warnings": " | ".join(result.warnings) or "none"}
     for name, comparison in result.comparisons.items():
@@ -195,6 +194,14 @@ def _summary(result: SelectionResult) -> tuple[dict[str, float], dict[str, str]]
             metrics[f"largest_model_regret/{name}"] = comparison.baseline_regret
         tags[f"oracle/{name}"] = comparison.oracle
     return metrics, tags
+
+
+def _pick_real_auroc_and_regret(result: SelectionResult) -> tuple[float, float] | None:
+    """The pick's real AUROC and its regret against the best candidate, where the task has real labels."""
+    if "real_auroc" not in result.leaderboard:
+        return None
+    real = result.leaderboard.set_index("candidate")["real_auroc"]
+    return float(real[result.pick.name]), float(real.max() - real[result.pick.name])
 
 
 def _tau_text(tau: float, p_value: float) -> str:
@@ -221,12 +228,9 @@ def format_report(result: SelectionResult) -> str:
                     "bootstrap resamples)"))
     if decision.prior:
         lines.append(f"prior: {decision.prior}; {decision.reason}")
-    board = result.leaderboard.set_index("candidate")
-    pick_line = f"pick: {result.pick.name}"
-    if "real_auroc" in board:
-        pick_line += (f" (real AUROC {board.loc[result.pick.name, 'real_auroc']:.4f}, "
-                      f"regret {board['real_auroc'].max() - board.loc[result.pick.name, 'real_auroc']:.4f})")
-    lines.append(pick_line)
+    real = _pick_real_auroc_and_regret(result)
+    lines.append(f"pick: {result.pick.name}"
+                 + ("" if real is None else f" (real AUROC {real[0]:.4f}, regret {real[1]:.4f})"))
     for name, c in result.comparisons.items():
         lines.append(f"[{name}] synthetic ranking: {_tau_text(c.tau, c.p_value)}"
                      + ("" if c.pretrained_tau is None else
