@@ -29,15 +29,18 @@ from selection.tasks import FASHION_MNIST_CLASSES
 DEFAULT_TASKS = ("mvtec/bottle", "elpv", "textile", *(f"fashion-mnist/{c}" for c in FASHION_MNIST_CLASSES))
 
 
-def one_run(task: str, seed: int, data_root: str, tracking_uri: str, store: str, feature_dir: str) -> dict:
+def one_run(task: str, seed: int, data_root: str, tracking_uri: str, store: str, feature_dir: str,
+            extra_args: list[str], dump_dir: str | None) -> dict:
     argv = ["--task", task, "--seed", str(seed), "--tracking-uri", tracking_uri, "--store", store,
-            "--feature-dir", feature_dir, "--no-register", "--experiment", "selection-quality"]
+            "--feature-dir", feature_dir, "--no-register", "--experiment", "selection-quality", *extra_args]
     if task.startswith(("mvtec/", "visa/")):
         argv += ["--data-root", data_root]
     else:  # the pip and Debian data sets are large: subsampled as the embedded default task is
         argv += ["--max-support", str(DEFAULT_TASK_LIMITS["max_support"]),
                  "--max-validation", str(DEFAULT_TASK_LIMITS["max_validation"])]
     result = run_selection(parse_args(argv))
+    if dump_dir:
+        dump_scores(result, Path(dump_dir) / f"{task.replace('/', '_')}_seed{seed}.npz")
     board = result.leaderboard.set_index("candidate")
     real = board["real_auroc"]
     pretrained = board[~board["control"]]
@@ -55,6 +58,21 @@ def one_run(task: str, seed: int, data_root: str, tracking_uri: str, store: str,
         "winner_really_better": bool(real[decision.winner] > real[decision.prior]),
         "confidence": decision.confidence,
     }
+
+
+def dump_scores(result, path: Path) -> None:
+    """Every candidate's anomaly scores on every synthetic set and on the real set, for offline analysis of
+    decision rules: `names`, `control`, `real_labels`, `real_scores` (candidates x images), and per generator
+    `labels/<g>` and `scores/<g>`."""
+    names = list(result.scored)
+    arrays = {"names": np.array(names), "control": np.array([result.scored[n].row["control"] for n in names]),
+              "real_labels": result.real_labels,
+              "real_scores": np.stack([result.scored[n].real_scores for n in names])}
+    for vs in result.validation_sets:
+        arrays[f"labels/{vs.generator}"] = vs.labels
+        arrays[f"scores/{vs.generator}"] = np.stack([result.scored[n].synthetic_scores[vs.generator] for n in names])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
 
 
 def summary(runs: pd.DataFrame) -> pd.DataFrame:
@@ -78,13 +96,17 @@ def main() -> None:
     parser.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared/data/mvtec_ad"))
     parser.add_argument("--tracking-uri", help="MLflow store for the runs (default: a temporary one)")
     parser.add_argument("--feature-dir", default="mlruns/features", help="cached features: a re-run takes minutes")
+    parser.add_argument("--dump-dir", help="write every run's per-image anomaly scores here (npz)")
+    parser.add_argument("--selection-args", default="", help="extra `selection.run` options for every run, "
+                                                             "e.g. '--generators cutpaste,perlin'")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tracking_uri = args.tracking_uri or f"sqlite:///{tmp}/mlflow.db"
         rows = []
         for task in args.tasks.split(","):
             for seed in range(args.seeds):
-                rows.append(one_run(task, seed, args.data_root, tracking_uri, f"{tmp}/synthetic", args.feature_dir))
+                rows.append(one_run(task, seed, args.data_root, tracking_uri, f"{tmp}/synthetic", args.feature_dir,
+                                    args.selection_args.split(), args.dump_dir))
                 print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()),
                       flush=True)
     runs = pd.DataFrame(rows)

@@ -95,6 +95,7 @@ class ScoredCandidate:
     row: dict  # the leaderboard row: synthetic_auroc/<generator>, synthetic_auroc (their mean), real_auroc
     detector: DeepKNN  # fitted on the bank
     synthetic_scores: dict[str, np.ndarray]  # anomaly scores on each synthetic set, by generator
+    real_scores: np.ndarray | None = None  # anomaly scores on the real validation set, where the task has one
 
 
 def score_candidate(candidate: Candidate, evidence: Evidence, features: FeatureCache) -> ScoredCandidate:
@@ -106,10 +107,11 @@ def score_candidate(candidate: Candidate, evidence: Evidence, features: FeatureC
     for vs in evidence.validation_sets:
         row[f"synthetic_auroc/{vs.generator}"] = auroc(vs.labels, scores[vs.generator], f"synthetic set {vs.generator}")
     row["synthetic_auroc"] = float(np.mean([row[f"synthetic_auroc/{vs.generator}"] for vs in evidence.validation_sets]))
+    real_scores = None
     if evidence.has_real_labels:
-        row["real_auroc"] = auroc(evidence.real_labels, detector.anomaly_scores(evidence.real_images),
-                                  f"real validation set of {evidence.task.name}")
-    return ScoredCandidate(row, detector, scores)
+        real_scores = detector.anomaly_scores(evidence.real_images)
+        row["real_auroc"] = auroc(evidence.real_labels, real_scores, f"real validation set of {evidence.task.name}")
+    return ScoredCandidate(row, detector, scores, real_scores)
 
 
 def check_candidates(candidates: list[Candidate], features: FeatureCache) -> None:

@@ -3,6 +3,7 @@
 import re
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -10,7 +11,7 @@ from detectors import FeatureCache
 from selection import registry, tracking
 from selection.candidates import LAYERS, OFFLINE_BACKBONES, Candidate, default_candidates
 from selection.confidence import DEFAULT_CONFIDENCE, Decision, decide
-from selection.evidence import check_candidates, evidence_digest, gather_evidence, score_candidate
+from selection.evidence import ScoredCandidate, check_candidates, evidence_digest, gather_evidence, score_candidate
 from selection.scoring import RankingComparison, compare_rankings
 from selection.tasks import Task
 from selection.validation_set import ValidationSet
@@ -65,6 +66,8 @@ class SelectionResult:
     promotion: registry.Promotion | None = None
     run_id: str | None = None
     features: FeatureCache | None = None
+    scored: dict[str, ScoredCandidate] = field(default_factory=dict)  # by candidate name
+    real_labels: np.ndarray | None = None
 
 
 def run_selection(config: SelectionConfig) -> SelectionResult:
@@ -85,7 +88,8 @@ def run_selection(config: SelectionConfig) -> SelectionResult:
                       {vs.generator: vs.labels for vs in evidence.validation_sets},
                       {name: item.synthetic_scores for name, item in scored.items()}, config.confidence, config.seed)
     result = SelectionResult(evidence.task, leaderboard, by_name[decision.chosen], decision, evidence.validation_sets,
-                             features=features, warnings=control_warnings(leaderboard))
+                             features=features, warnings=control_warnings(leaderboard), scored=scored,
+                             real_labels=evidence.real_labels)
     if evidence.has_real_labels and len(candidates) > 1:
         result.comparisons = _compare(leaderboard, evidence.validation_sets, baseline)
     _record(config, result, by_name, scored[decision.chosen].detector)
