@@ -7,6 +7,7 @@ from detectors import DeepKNN, FeatureCache
 OFFLINE_BACKBONES = ("mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 PIXEL_CONTROLS = ("pixels_16", "pixels_32")
 LAYERS = ("last", "mid")
+ENSEMBLES = ("none", "pretrained", *LAYERS)  # which candidates a score ensemble joins (see ensemble_candidate)
 
 
 @dataclass(frozen=True)
@@ -45,3 +46,36 @@ def default_candidates(backbones=OFFLINE_BACKBONES, layers=LAYERS, k: int = 3, c
     if controls:
         candidates += [Candidate(p, "none", "raw", "avg", k) for p in PIXEL_CONTROLS]
     return candidates
+
+
+@dataclass(frozen=True)
+class EnsembleCandidate:
+    """The score ensemble of several candidates (detectors.ScoreEnsemble): ranked, decided on and registered
+    like any candidate."""
+
+    members: tuple[Candidate, ...]
+    label: str
+
+    @property
+    def name(self) -> str:
+        return f"ensemble/{self.label}"
+
+    @property
+    def is_control(self) -> bool:
+        return False
+
+    @property
+    def params(self) -> dict:
+        return {"detector": "score_ensemble", "members": ",".join(member.name for member in self.members)}
+
+
+def ensemble_candidate(spec: str, candidates: list[Candidate]) -> EnsembleCandidate | None:
+    """The ensemble `spec` names: "pretrained" (every pretrained candidate), "last" or "mid" (the pretrained
+    candidates at that layer), or "none". None also where fewer than two candidates would join."""
+    if spec not in ENSEMBLES:
+        raise ValueError(f"unknown ensemble {spec!r}; choose from {', '.join(ENSEMBLES)}")
+    pretrained = [c for c in candidates if not c.is_control]
+    members = pretrained if spec == "pretrained" else [c for c in pretrained if c.layer == spec]
+    if spec == "none" or len(members) < 2:
+        return None
+    return EnsembleCandidate(tuple(members), f"{spec}-{len(members)}")

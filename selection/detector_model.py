@@ -1,4 +1,4 @@
-"""The MLflow pyfunc wrapper of a fitted detector, logged as code (MLflow's models-from-code) so that
+"""The MLflow pyfunc wrapper of a fitted detector (a deep kNN or a score ensemble), logged as code (MLflow's models-from-code) so that
 loading a registered model runs this file instead of unpickling an object.
 
 Input: a DataFrame with a `path` column (what a served model receives); in process also a list of paths,
@@ -9,12 +9,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from detectors import DeepKNN, load_rgb
+from detectors import load_detector, load_rgb
 
 
 class DetectorModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        self.detector = DeepKNN.load(context.artifacts["detector"])
+        self.detector = load_detector(context.artifacts["detector"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None):
         return self.detector.anomaly_scores(as_images(model_input))

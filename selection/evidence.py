@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from detectors import DeepKNN, FeatureCache, load_rgb
-from selection.candidates import Candidate
+from detectors import DeepKNN, FeatureCache, ScoreEnsemble, load_rgb
+from selection.candidates import Candidate, EnsembleCandidate
 from selection.scoring import auroc, require_two_classes
 from selection.split import split_support
 from selection.tasks import Task, load_task
@@ -93,7 +93,7 @@ def object_name(task: Task) -> str:
 @dataclass
 class ScoredCandidate:
     row: dict  # the leaderboard row: synthetic_auroc/<generator>, synthetic_auroc (their mean), real_auroc
-    detector: DeepKNN  # fitted on the bank
+    detector: DeepKNN | ScoreEnsemble  # fitted on the bank
     synthetic_scores: dict[str, np.ndarray]  # anomaly scores on each synthetic set, by generator
     real_scores: np.ndarray | None = None  # anomaly scores on the real validation set, where the task has one
 
@@ -101,15 +101,35 @@ class ScoredCandidate:
 def score_candidate(candidate: Candidate, evidence: Evidence, features: FeatureCache) -> ScoredCandidate:
     """The candidate fitted on the bank and scored on every synthetic set and, with real labels, the real set."""
     detector = candidate.detector(features).fit(evidence.bank)
-    row = {"candidate": candidate.name, "control": candidate.is_control}
     scores = {vs.generator: detector.anomaly_scores(evidence.synthetic_images[vs.generator])
               for vs in evidence.validation_sets}
+    real_scores = detector.anomaly_scores(evidence.real_images) if evidence.has_real_labels else None
+    return _scored(candidate, detector, scores, real_scores, evidence)
+
+
+def score_ensemble(ensemble: EnsembleCandidate, scored: dict[str, ScoredCandidate],
+                   evidence: Evidence) -> ScoredCandidate:
+    """The ensemble of already scored members, standardised on the held-out normals of the first synthetic
+    set (every set shares them), scored from its members' scores without scoring any image again."""
+    members = [scored[member.name] for member in ensemble.members]
+    first = evidence.validation_sets[0]
+    normals = np.asarray(first.labels) == 0
+    detector = ScoreEnsemble.from_heldout_scores([m.detector for m in members],
+                                                 [m.synthetic_scores[first.generator][normals] for m in members])
+    scores = {vs.generator: detector.combine([m.synthetic_scores[vs.generator] for m in members])
+              for vs in evidence.validation_sets}
+    real_scores = detector.combine([m.real_scores for m in members]) if evidence.has_real_labels else None
+    return _scored(ensemble, detector, scores, real_scores, evidence)
+
+
+def _scored(candidate, detector, scores: dict[str, np.ndarray], real_scores: np.ndarray | None,
+            evidence: Evidence) -> ScoredCandidate:
+    row = {"candidate": candidate.name, "control": candidate.is_control,
+           "ensemble": isinstance(candidate, EnsembleCandidate)}
     for vs in evidence.validation_sets:
         row[f"synthetic_auroc/{vs.generator}"] = auroc(vs.labels, scores[vs.generator], f"synthetic set {vs.generator}")
     row["synthetic_auroc"] = float(np.mean([row[f"synthetic_auroc/{vs.generator}"] for vs in evidence.validation_sets]))
-    real_scores = None
-    if evidence.has_real_labels:
-        real_scores = detector.anomaly_scores(evidence.real_images)
+    if real_scores is not None:
         row["real_auroc"] = auroc(evidence.real_labels, real_scores, f"real validation set of {evidence.task.name}")
     return ScoredCandidate(row, detector, scores, real_scores)
 

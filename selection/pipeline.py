@@ -9,9 +9,10 @@ from tqdm.auto import tqdm
 
 from detectors import FeatureCache
 from selection import registry, tracking
-from selection.candidates import LAYERS, OFFLINE_BACKBONES, Candidate, default_candidates
+from selection.candidates import LAYERS, OFFLINE_BACKBONES, Candidate, default_candidates, ensemble_candidate
 from selection.confidence import DEFAULT_CONFIDENCE, Decision, decide
-from selection.evidence import ScoredCandidate, check_candidates, evidence_digest, gather_evidence, score_candidate
+from selection.evidence import (ScoredCandidate, check_candidates, evidence_digest, gather_evidence, score_candidate,
+                                score_ensemble)
 from selection.scoring import RankingComparison, compare_rankings
 from selection.tasks import Task
 from selection.validation_set import ValidationSet
@@ -30,6 +31,7 @@ class SelectionConfig:
     anomalies: tuple[str, ...] = ("damaged",)  # CUT's anomaly words or phrases, used in turn
     object_name: str | None = None  # CUT's {cls} (default: from the task name)
     generator_options: dict = field(default_factory=dict)  # generator -> {parameter: value}, applied last
+    ensemble: str = "none"  # which candidates also join a score ensemble, ranked as one more candidate
     prior: str | None = None  # the candidate kept without strong evidence (default: the largest pretrained)
     confidence: float = DEFAULT_CONFIDENCE  # bootstrap probability the winner needs to overrule the prior
     backbones: tuple[str, ...] = OFFLINE_BACKBONES
@@ -74,13 +76,16 @@ def run_selection(config: SelectionConfig) -> SelectionResult:
     features = FeatureCache(device=config.device, directory=config.feature_dir)
     candidates = config.candidates()
     check_candidates(candidates, features)
-    by_name = {c.name: c for c in candidates}
+    ensemble = ensemble_candidate(config.ensemble, candidates)
+    by_name = {c.name: c for c in candidates + ([ensemble] if ensemble else [])}
     if config.prior is not None and config.prior not in by_name:
         raise ValueError(f"the prior {config.prior!r} is not a candidate; candidates: {', '.join(sorted(by_name))}")
     evidence = gather_evidence(config)
 
     scored = {candidate.name: score_candidate(candidate, evidence, features)
               for candidate in tqdm(candidates, desc="candidates")}
+    if ensemble:
+        scored[ensemble.name] = score_ensemble(ensemble, scored, evidence)
     leaderboard = _rank(pd.DataFrame([item.row for item in scored.values()]))
     baseline = _largest_pretrained(candidates, features)
     prior = config.prior or (baseline.name if baseline else None)
@@ -115,7 +120,7 @@ def _largest_pretrained(candidates: list[Candidate], features: FeatureCache) -> 
 
 def control_warnings(leaderboard: pd.DataFrame) -> list[str]:
     controls = leaderboard[leaderboard["control"]]
-    pretrained = leaderboard[~leaderboard["control"]]
+    pretrained = leaderboard[~leaderboard["control"] & ~leaderboard["ensemble"]]
     if controls.empty or pretrained.empty:
         return []
     best_control = controls.iloc[0]
@@ -128,13 +133,16 @@ def control_warnings(leaderboard: pd.DataFrame) -> list[str]:
 
 
 def _compare(leaderboard: pd.DataFrame, validation_sets, baseline: Candidate | None) -> dict[str, RankingComparison]:
-    real = dict(zip(leaderboard["candidate"], leaderboard["real_auroc"]))
-    pretrained = set(leaderboard.loc[~leaderboard["control"], "candidate"])
+    """How the synthetic ranking of the individual candidates (ensembles left out: they derive from them)
+    predicts their real ranking, per generator and for the mean."""
+    single = leaderboard[~leaderboard["ensemble"]]
+    real = dict(zip(single["candidate"], single["real_auroc"]))
+    pretrained = set(single.loc[~single["control"], "candidate"])
     columns = {vs.generator: f"synthetic_auroc/{vs.generator}" for vs in validation_sets}
     if len(validation_sets) > 1:
         columns[MEAN] = "synthetic_auroc"
     return {
-        name: compare_rankings(dict(zip(leaderboard["candidate"], leaderboard[column])), real,
+        name: compare_rankings(dict(zip(single["candidate"], single[column])), real,
                                baseline.name if baseline else None, pretrained)
         for name, column in columns.items()
     }
@@ -201,11 +209,13 @@ def _summary(result: SelectionResult) -> tuple[dict[str, float], dict[str, str]]
 
 
 def _pick_real_auroc_and_regret(result: SelectionResult) -> tuple[float, float] | None:
-    """The pick's real AUROC and its regret against the best candidate, where the task has real labels."""
+    """The pick's real AUROC and its regret against the best individual candidate (negative where an
+    ensemble beats them all), where the task has real labels."""
     if "real_auroc" not in result.leaderboard:
         return None
-    real = result.leaderboard.set_index("candidate")["real_auroc"]
-    return float(real[result.pick.name]), float(real.max() - real[result.pick.name])
+    board = result.leaderboard.set_index("candidate")
+    best_single = board.loc[~board["ensemble"], "real_auroc"].max()
+    return float(board.loc[result.pick.name, "real_auroc"]), float(best_single - board.loc[result.pick.name, "real_auroc"])
 
 
 def _tau_text(tau: float, p_value: float) -> str:
@@ -218,6 +228,7 @@ def format_report(result: SelectionResult) -> str:
     """The leaderboard and the selection's verdict as plain text (also logged as leaderboard.md)."""
     table = result.leaderboard.copy()
     table["control"] = table["control"].map({True: "control", False: ""})
+    table["ensemble"] = table["ensemble"].map({True: "ensemble", False: ""})
     lines = [f"Task {result.task.name}: {len(table)} candidates", "",
              table.to_string(index=False, float_format=lambda v: f"{v:.4f}"), ""]
     for vs in result.validation_sets:

@@ -7,7 +7,7 @@ import sys
 from generation import list_generators
 from generation.cut import DEFAULT_MODEL as CUT_DEFAULT_MODEL
 from generation.diffstyle import DEFAULT_MODEL as DIFFSTYLE_DEFAULT_MODEL
-from selection.candidates import LAYERS, OFFLINE_BACKBONES
+from selection.candidates import ENSEMBLES, LAYERS, OFFLINE_BACKBONES
 from selection.confidence import DEFAULT_CONFIDENCE
 from selection.pipeline import SelectionConfig, format_report, run_selection
 from selection.tasks import available_task_kinds
@@ -97,6 +97,9 @@ def parse_args(argv=None) -> SelectionConfig:
     parser.add_argument("--k", type=int, default=3, help="neighbours in deep kNN (default 3)")
     parser.add_argument("--no-controls", dest="controls", action="store_false",
                         help="skip the negative controls (random-weight backbones, raw-pixel kNN)")
+    parser.add_argument("--ensemble", choices=ENSEMBLES, default=SelectionConfig.ensemble,
+                        help="also rank the score ensemble of these candidates: every pretrained one, those at the "
+                             f"last or the mid layer, or none (default {SelectionConfig.ensemble})")
     parser.add_argument("--prior", help="the candidate to keep unless the synthetic evidence is confident it is "
                                         "beaten (default: the largest pretrained backbone at its last layer)")
     parser.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE,

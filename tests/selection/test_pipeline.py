@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 from selection.pipeline import SelectionConfig, control_warnings, format_report, run_selection
 from selection.registry import CHALLENGER, CHAMPION
@@ -124,11 +125,11 @@ def test_bad_candidates_fail_before_any_work(bottle_config, change, message):
 
 
 def test_a_control_above_a_pretrained_candidate_makes_the_set_suspect():
-    board = pd.DataFrame({"candidate": ["good", "pixels", "weak"], "control": [False, True, False],
-                          "synthetic_auroc": [0.9, 0.8, 0.7]})
+    board = pd.DataFrame({"candidate": ["good", "pixels", "weak", "ensemble/x"], "control": [False, True, False, False],
+                          "ensemble": [False, False, False, True], "synthetic_auroc": [0.9, 0.8, 0.7, 0.6]})
     (warning,) = control_warnings(board)
     assert "pixels" in warning and "1 of 2 pretrained" in warning and "suspect" in warning
-    assert control_warnings(board.assign(synthetic_auroc=[0.9, 0.6, 0.7])) == []
+    assert control_warnings(board.assign(synthetic_auroc=[0.9, 0.6, 0.7, 0.65])) == []
 
 
 def test_diffstyle_and_cutpaste_sets_on_bottle_with_a_tiny_diffusion_model(bottle_config, tiny_ddpm_dir):
@@ -174,3 +175,22 @@ def test_generator_options_reach_the_generator():
     assert config.generator_options == {"cutpaste": {"variant": "scar"}, "cut": {"steps": 30, "thresholds": [[0, 0.1]]}}
     with pytest.raises(SystemExit):
         parse_args(["--generator-option", "steps=30"])
+
+
+def test_an_ensemble_is_ranked_and_decided_on_like_a_candidate(bottle_config):
+    config = replace(bottle_config, backbones=("mobilenet_v2", "efficientnet_lite0"), controls=False,
+                     ensemble="last", prior="ensemble/last-2", register=False)
+    result = run_selection(config)
+    board = result.leaderboard.set_index("candidate")
+    assert board.loc["ensemble/last-2", "ensemble"] and board["ensemble"].sum() == 1
+    labels = result.validation_sets[0].labels
+    normals = labels == 0
+    members = [result.scored[f"knn/{b}/imagenet/last/avg/k3"].synthetic_scores["cutpaste"]
+               for b in ("mobilenet_v2", "efficientnet_lite0")]
+    standardised = np.mean([(s - s[normals].mean()) / s[normals].std() for s in members], axis=0)
+    assert board.loc["ensemble/last-2", "synthetic_auroc"] == pytest.approx(roc_auc_score(labels, standardised))
+    assert result.decision.prior == "ensemble/last-2"
+    comparison = result.comparisons["cutpaste"]  # ranks the individual candidates only
+    assert "ensemble/last-2" not in {comparison.pick, comparison.oracle}
+    best_single = board.loc[~board["ensemble"], "real_auroc"].max()
+    assert f"regret {best_single - board.loc[result.pick.name, 'real_auroc']:.4f}" in format_report(result)

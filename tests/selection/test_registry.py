@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from detectors import DeepKNN
+from detectors import DeepKNN, ScoreEnsemble
 from selection.registry import CHALLENGER, CHAMPION, register_and_promote
 
 
@@ -55,3 +55,17 @@ def test_champion_scores_images_like_the_detector(tracking_uri, fitted_detector,
     np.testing.assert_allclose(model.predict(paths), expected, rtol=1e-6)
     np.testing.assert_allclose(model.predict(np.stack(images)), expected, rtol=1e-6)
     np.testing.assert_allclose(model.predict(pd.DataFrame({"path": paths})), expected, rtol=1e-6)
+
+
+def test_a_registered_ensemble_scores_images_like_the_ensemble(tracking_uri, fitted_detector):
+    rng = np.random.default_rng(2)
+    normals = [rng.integers(90, 150, (32, 32, 3), dtype=np.uint8) for _ in range(8)]
+    other = DeepKNN(backbone="pixels_32", weights="none", layer="raw", k=2).fit(normals)
+    heldout = [rng.integers(90, 150, (32, 32, 3), dtype=np.uint8) for _ in range(5)]
+    ensemble = ScoreEnsemble.from_heldout_scores([fitted_detector, other],
+                                                 [m.anomaly_scores(heldout) for m in (fitted_detector, other)])
+    mlflow.set_experiment("registry")
+    _promote(ensemble, 0.8, "d1")
+    images = np.stack([rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(3)])
+    model = mlflow.pyfunc.load_model("models:/bottle-detector@champion")
+    np.testing.assert_allclose(model.predict(images), ensemble.anomaly_scores(list(images)), rtol=1e-6)

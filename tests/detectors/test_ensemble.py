@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+
+from detectors import DeepKNN, FeatureCache
+from detectors.ensemble import ScoreEnsemble, load_detector
+
+
+def _images(n, seed=0, size=32):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(60, 200, (size, size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def _members(features):
+    return [DeepKNN(backbone=b, weights="none", layer="raw", k=2, features=features).fit(_images(12))
+            for b in ("pixels_16", "pixels_32")]
+
+
+def test_scores_are_the_mean_of_each_members_standardised_scores():
+    features = FeatureCache()
+    members = _members(features)
+    heldout, queries = _images(6, seed=1), _images(5, seed=2)
+    ensemble = ScoreEnsemble.from_heldout_scores(members, [m.anomaly_scores(heldout) for m in members])
+    expected = np.mean([(m.anomaly_scores(queries) - m.anomaly_scores(heldout).mean()) / m.anomaly_scores(heldout).std()
+                        for m in members], axis=0)
+    np.testing.assert_allclose(ensemble.anomaly_scores(queries), expected)
+    standardised_heldout = ensemble.anomaly_scores(heldout)
+    assert abs(standardised_heldout.mean()) < 1e-9  # each member centred on the held-out normals
+
+
+def test_a_member_on_a_larger_scale_does_not_dominate():
+    scores = [np.array([0.0, 1.0, 2.0, 3.0]), np.array([3.0, 2.0, 1.0, 0.0]) * 1e6]
+    ensemble = ScoreEnsemble.from_heldout_scores([object(), object()], scores)
+    np.testing.assert_allclose(ensemble.combine(scores), 0, atol=1e-12)  # opposite rankings cancel exactly
+
+
+def test_save_and_load_round_trip(tmp_path):
+    features = FeatureCache()
+    members = _members(features)
+    heldout, queries = _images(6, seed=1), _images(5, seed=2)
+    ensemble = ScoreEnsemble.from_heldout_scores(members, [m.anomaly_scores(heldout) for m in members])
+    ensemble.save(tmp_path / "model")
+    loaded = load_detector(tmp_path / "model")
+    assert isinstance(loaded, ScoreEnsemble) and len(loaded.members) == 2
+    np.testing.assert_allclose(loaded.anomaly_scores(queries), ensemble.anomaly_scores(queries))
+    members[0].save(tmp_path / "single")
+    assert isinstance(load_detector(tmp_path / "single"), DeepKNN)
+
+
+def test_bad_input_is_refused_clearly(tmp_path):
+    with pytest.raises(ValueError, match="at least one member"):
+        ScoreEnsemble([], [], [])
+    with pytest.raises(ValueError, match="at least two held-out"):
+        ScoreEnsemble.from_heldout_scores([object()], [np.array([1.0])])
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "ensemble.json").write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt saved ScoreEnsemble"):
+        load_detector(tmp_path / "broken")
