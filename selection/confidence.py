@@ -1,31 +1,71 @@
 """How sure the synthetic evidence is, and whether it is sure enough to overrule a prior choice.
 
 Among good candidates a synthetic validation set is weak evidence: its ranking of them is close to chance,
-while "take the largest pretrained model" is a strong default. So the synthetic winner replaces the prior
-only when the synthetic set is confident that it is better: the probability that the winner's synthetic
-AUROC beats the prior's, over bootstrap resamples of the synthetic set(s) (normals and anomalies resampled
-separately, the mean AUROC over generators as in the ranking), must reach a threshold (default 0.95).
-Threshold 0 is naive SWSA: always the synthetic winner.
+while the prior (by default the ensemble of the pretrained backbones' last layers, see pipeline) is a
+strong default. The synthetic winner replaces the prior only when the evidence is confident it is better.
+
+Two numbers say how confident. The *bootstrap* confidence is the probability that the winner's synthetic
+AUROC beats the prior's over stratified bootstrap resamples, taken on each generator family's set on its
+own and then the smallest over families: every family must agree. It measures the synthetic sets' noise
+only, not their bias (a family that favours mid-level features favours them in every resample), so it is
+overconfident. The *calibrated* confidence says how often, over the tasks of the selection-quality
+benchmark, a winner with at least this bootstrap confidence really beat the prior on real labels:
+(right + 1) / (runs + 2) over those runs, from `calibration.json`, measured for one set of generator
+families. The threshold (default 0.95) applies to the calibrated confidence where one exists for the
+run's generators, else to the bootstrap one. Threshold 0 is naive SWSA: always the synthetic winner.
 """
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy.stats import rankdata
 
 DEFAULT_CONFIDENCE = 0.95
 N_BOOTSTRAP = 1000
+CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """For each bootstrap level: of the benchmark runs whose winner differed from the prior with at least
+    that bootstrap confidence, how many, and in how many the winner really was better."""
+
+    generators: tuple[str, ...]
+    levels: tuple[tuple[float, int, int], ...]  # (bootstrap level, runs, winner really better), levels ascending
+    measured_on: str
+
+    def calibrated(self, bootstrap: float) -> tuple[float, int]:
+        """(right + 1) / (runs + 2) at the highest level the bootstrap confidence reaches, and its runs."""
+        reached = [(runs, right) for level, runs, right in self.levels if bootstrap >= level]
+        runs, right = reached[-1] if reached else (0, 0)
+        return (right + 1) / (runs + 2), runs
+
+
+def load_calibration(generators, path: Path = CALIBRATION_FILE) -> Calibration | None:
+    """The calibration measured for exactly these generator families, or None."""
+    key = ",".join(sorted(generators))
+    if not path.is_file():
+        return None
+    entry = json.loads(path.read_text()).get(key)
+    if entry is None:
+        return None
+    return Calibration(tuple(sorted(generators)), tuple(tuple(level) for level in entry["levels"]),
+                       entry["measured_on"])
 
 
 @dataclass(frozen=True)
 class Decision:
     winner: str  # the best synthetic AUROC
-    prior: str | None  # what is kept without strong evidence: the largest pretrained model, or the user's choice
+    prior: str | None  # what is kept without strong evidence
     chosen: str
-    confidence: float | None  # P(winner beats prior) under the bootstrap; None when they are the same
+    confidence: float | None  # bootstrap P(winner beats prior), the smallest over families; None if they are one
     runner_up: str | None
-    runner_up_confidence: float | None  # P(winner beats the second best)
+    runner_up_confidence: float | None  # bootstrap P(winner beats the second best)
     threshold: float
+    calibrated_confidence: float | None = None  # how often such a winner was really better, over the benchmark
+    calibration_runs: int | None = None  # benchmark runs behind the calibrated confidence
 
     @property
     def reason(self) -> str:
@@ -34,8 +74,12 @@ class Decision:
         if self.winner == self.prior:
             return "the synthetic winner is the prior"
         verdict = "overrules" if self.chosen == self.winner else "does not overrule"
-        return (f"the synthetic evidence {verdict} the prior: the winner beats it in {self.confidence:.0%} of "
-                f"bootstrap resamples (threshold {self.threshold:.0%})")
+        text = (f"the synthetic evidence {verdict} the prior: the winner beats it in {self.confidence:.0%} of "
+                "bootstrap resamples (every generator family)")
+        if self.calibrated_confidence is None:
+            return text + f", no benchmark calibration for these generators (threshold {self.threshold:.0%})"
+        return (text + f"; calibrated: such winners were really better in {self.calibrated_confidence:.0%} "
+                f"(over {self.calibration_runs} benchmark runs; threshold {self.threshold:.0%})")
 
 
 def bootstrap_beats(labels: dict[str, np.ndarray], first: dict[str, np.ndarray], second: dict[str, np.ndarray],
@@ -62,18 +106,26 @@ def _auroc_rows(scores: np.ndarray, n_normals: int) -> np.ndarray:
     return (anomaly_rank_sum - n_anomalies * (n_anomalies + 1) / 2) / (n_normals * n_anomalies)
 
 
+def every_family_beats(labels: dict[str, np.ndarray], first: dict[str, np.ndarray], second: dict[str, np.ndarray],
+                       seed: int = 0) -> float:
+    """The smallest over generator families of the bootstrap P(`first` beats `second`) on that family's set."""
+    return min(bootstrap_beats({g: labels[g]}, {g: first[g]}, {g: second[g]}, seed=seed) for g in labels)
+
+
 def decide(ranking: list[str], prior: str | None, labels: dict[str, np.ndarray],
            scores: dict[str, dict[str, np.ndarray]], threshold: float = DEFAULT_CONFIDENCE,
-           seed: int = 0) -> Decision:
+           seed: int = 0, calibration: Calibration | None = None) -> Decision:
     """`ranking`: candidate names, best synthetic AUROC first; `scores[name][generator]`: anomaly scores."""
     if not 0 <= threshold <= 1:
         raise ValueError(f"the confidence threshold must lie in [0, 1], got {threshold}")
     winner = ranking[0]
     runner_up = ranking[1] if len(ranking) > 1 else None
-    runner_up_confidence = (bootstrap_beats(labels, scores[winner], scores[runner_up], seed=seed)
+    runner_up_confidence = (every_family_beats(labels, scores[winner], scores[runner_up], seed)
                             if runner_up else None)
     if prior is None or prior == winner:
         return Decision(winner, prior, winner, None, runner_up, runner_up_confidence, threshold)
-    confidence = bootstrap_beats(labels, scores[winner], scores[prior], seed=seed)
-    chosen = winner if confidence >= threshold else prior
-    return Decision(winner, prior, chosen, confidence, runner_up, runner_up_confidence, threshold)
+    confidence = every_family_beats(labels, scores[winner], scores[prior], seed)
+    calibrated, runs = calibration.calibrated(confidence) if calibration else (None, None)
+    deciding = confidence if calibrated is None else calibrated
+    chosen = winner if deciding >= threshold else prior
+    return Decision(winner, prior, chosen, confidence, runner_up, runner_up_confidence, threshold, calibrated, runs)

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from detectors import FeatureCache
 from selection import registry, tracking
 from selection.candidates import LAYERS, OFFLINE_BACKBONES, Candidate, default_candidates, ensemble_candidate
-from selection.confidence import DEFAULT_CONFIDENCE, Decision, decide
+from selection.confidence import DEFAULT_CONFIDENCE, Decision, decide, load_calibration
 from selection.evidence import (ScoredCandidate, check_candidates, evidence_digest, gather_evidence, score_candidate,
                                 score_ensemble)
 from selection.scoring import RankingComparison, compare_rankings
@@ -24,16 +24,16 @@ MEAN = "mean"  # the combined synthetic score: mean AUROC over the generators' s
 class SelectionConfig:
     task: str = "elpv"
     data_root: str | None = None
-    generators: tuple[str, ...] = ("cutpaste",)
+    generators: tuple[str, ...] = ("cutpaste", "perlin")
     diffusion_model: str | None = None  # DiffStyle's UNet: hub id or local directory (default: its own)
     diffusion_steps: int = 50
     sd_model: str | None = None  # CUT's Stable Diffusion: hub id or local directory (default: its own)
     anomalies: tuple[str, ...] = ("damaged",)  # CUT's anomaly words or phrases, used in turn
     object_name: str | None = None  # CUT's {cls} (default: from the task name)
     generator_options: dict = field(default_factory=dict)  # generator -> {parameter: value}, applied last
-    ensemble: str = "none"  # which candidates also join a score ensemble, ranked as one more candidate
-    prior: str | None = None  # the candidate kept without strong evidence (default: the largest pretrained)
-    confidence: float = DEFAULT_CONFIDENCE  # bootstrap probability the winner needs to overrule the prior
+    ensemble: str = "last"  # which candidates also join a score ensemble, ranked as one more candidate
+    prior: str | None = None  # kept without strong evidence (default: the ensemble, else the largest pretrained)
+    confidence: float = DEFAULT_CONFIDENCE  # (calibrated) probability the winner needs to overrule the prior
     backbones: tuple[str, ...] = OFFLINE_BACKBONES
     layers: tuple[str, ...] = LAYERS
     k: int = 3
@@ -88,10 +88,11 @@ def run_selection(config: SelectionConfig) -> SelectionResult:
         scored[ensemble.name] = score_ensemble(ensemble, scored, evidence)
     leaderboard = _rank(pd.DataFrame([item.row for item in scored.values()]))
     baseline = _largest_pretrained(candidates, features)
-    prior = config.prior or (baseline.name if baseline else None)
+    prior = config.prior or (ensemble.name if ensemble else baseline.name if baseline else None)
     decision = decide(list(leaderboard["candidate"]), prior,
                       {vs.generator: vs.labels for vs in evidence.validation_sets},
-                      {name: item.synthetic_scores for name, item in scored.items()}, config.confidence, config.seed)
+                      {name: item.synthetic_scores for name, item in scored.items()}, config.confidence, config.seed,
+                      load_calibration(config.generators))
     result = SelectionResult(evidence.task, leaderboard, by_name[decision.chosen], decision, evidence.validation_sets,
                              features=features, warnings=control_warnings(leaderboard), scored=scored,
                              real_labels=evidence.real_labels)
@@ -175,6 +176,8 @@ def _record(config: SelectionConfig, result: SelectionResult, by_name: dict[str,
                         "dataset_digest": evidence_digest(result.validation_sets),
                         "synthetic_winner": decision.winner, "prior": decision.prior or "none",
                         "confidence_over_prior": "n/a" if decision.confidence is None else decision.confidence,
+                        "calibrated_confidence": ("n/a" if decision.calibrated_confidence is None
+                                                  else decision.calibrated_confidence),
                         "confidence_threshold": decision.threshold, "decision": decision.reason}
             if result.comparisons:
                 main = result.comparisons.get(MEAN) or next(iter(result.comparisons.values()))
@@ -189,6 +192,8 @@ def _summary(result: SelectionResult) -> tuple[dict[str, float], dict[str, str]]
     metrics = {"pick_synthetic_auroc": float(board.loc[result.pick.name, "synthetic_auroc"])}
     if decision.confidence is not None:
         metrics["confidence_over_prior"] = decision.confidence
+    if decision.calibrated_confidence is not None:
+        metrics["calibrated_confidence"] = decision.calibrated_confidence
     if decision.runner_up_confidence is not None:
         metrics["confidence_over_runner_up"] = decision.runner_up_confidence
     if (real := _pick_real_auroc_and_regret(result)) is not None:

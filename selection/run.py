@@ -27,8 +27,9 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"task to select for: {', '.join(available_task_kinds())} "
                              f"(default: {DEFAULT_TASK}, subsampled to {DEFAULT_TASK_LIMITS})")
     parser.add_argument("--data-root", help="dataset root (else $ANOMALY_DATA_ROOT, else ./data)")
-    parser.add_argument("--generators", type=_csv, default=("cutpaste",),
-                        help=f"comma-separated, from: {', '.join(list_generators())} (default cutpaste)")
+    parser.add_argument("--generators", type=_csv, default=SelectionConfig.generators,
+                        help=f"comma-separated, from: {', '.join(list_generators())} "
+                             f"(default {','.join(SelectionConfig.generators)})")
     parser.add_argument("--diffusion-model", help="DiffStyle's unconditional diffusers UNet2DModel: a hub id or a "
                                                   f"local directory (default {DIFFSTYLE_DEFAULT_MODEL})")
     parser.add_argument("--diffusion-steps", type=int, default=50, help="DiffStyle's DDIM steps (default 50)")
@@ -101,9 +102,11 @@ def parse_args(argv=None) -> SelectionConfig:
                         help="also rank the score ensemble of these candidates: every pretrained one, those at the "
                              f"last or the mid layer, or none (default {SelectionConfig.ensemble})")
     parser.add_argument("--prior", help="the candidate to keep unless the synthetic evidence is confident it is "
-                                        "beaten (default: the largest pretrained backbone at its last layer)")
+                                        "beaten (default: the ensemble, else the largest pretrained backbone at "
+                                        "its last layer)")
     parser.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE,
-                        help="bootstrap probability the synthetic winner needs to overrule the prior "
+                        help="probability the synthetic winner needs to overrule the prior: calibrated on the "
+                             "quality benchmark where it was measured for these generators, else the bootstrap's "
                              f"(default {DEFAULT_CONFIDENCE}; 0 always takes the synthetic winner)")
     return selection_config(vars(parser.parse_args(argv)))
 

@@ -1,8 +1,11 @@
+import json
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from selection.confidence import _auroc_rows, bootstrap_beats, decide
+from selection.confidence import (Calibration, _auroc_rows, bootstrap_beats, decide, every_family_beats,
+                                  load_calibration)
 
 
 def _set(seed=0, n_normals=30, n_anomalies=20):
@@ -54,3 +57,36 @@ def test_the_winner_overrules_the_prior_only_when_confident():
     assert decide(["weak", "prior"], None, sets, scores).chosen == "weak"
     with pytest.raises(ValueError, match="threshold must lie in"):
         decide(["weak"], None, sets, scores, threshold=1.5)
+
+
+def test_every_family_must_be_confident_on_its_own():
+    labels, perfect, noise, _ = _set()
+    sets = {"a": labels, "b": labels}
+    first, second = {"a": perfect, "b": noise}, {"a": noise, "b": noise + 0.01 * labels}
+    assert bootstrap_beats(sets, first, second) == 1.0  # the mean AUROC is carried by family a
+    assert every_family_beats(sets, first, second) < 0.5  # family b disagrees
+
+
+def test_calibration_reads_the_highest_level_reached(tmp_path):
+    calibration = Calibration(("cutpaste",), ((0.5, 10, 3), (0.9, 6, 2), (0.99, 4, 1)), "test")
+    assert calibration.calibrated(0.95) == (pytest.approx(3 / 8), 6)
+    assert calibration.calibrated(1.0) == (pytest.approx(2 / 6), 4)
+    assert calibration.calibrated(0.3) == (0.5, 0)  # no runs: no information either way
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps({"cutpaste,perlin": {"levels": [[0.5, 2, 1]], "measured_on": "2 runs"}}))
+    loaded = load_calibration(["perlin", "cutpaste"], path)
+    assert loaded.levels == ((0.5, 2, 1),) and loaded.measured_on == "2 runs"
+    assert load_calibration(["cutpaste"], path) is None
+    assert load_calibration(["cutpaste"], tmp_path / "absent.json") is None
+
+
+def test_a_calibrated_confidence_decides_where_there_is_one():
+    labels, perfect, noise, _ = _set()
+    sets = {"g": labels}
+    scores = {"strong": {"g": perfect}, "prior": {"g": noise}}
+    sceptical = Calibration(("g",), ((0.5, 20, 9),), "benchmark")  # such winners were right 9 times in 20
+    decision = decide(["strong", "prior"], "prior", sets, scores, calibration=sceptical)
+    assert decision.confidence == 1.0 and decision.calibrated_confidence == pytest.approx(10 / 22)
+    assert decision.chosen == "prior" and "calibrated" in decision.reason and "20 benchmark runs" in decision.reason
+    trusting = Calibration(("g",), ((0.5, 100, 99),), "benchmark")
+    assert decide(["strong", "prior"], "prior", sets, scores, calibration=trusting).chosen == "strong"

@@ -1,0 +1,180 @@
+"""Ways to turn synthetic evidence into a pick, compared on the recorded scores of the selection-quality
+benchmark (`selection_quality.py --dump-dir DIR --selection-args '--generators cutpaste,perlin'`).
+
+Each dump holds, for one task and seed, every candidate's anomaly scores on each synthetic set and on the
+real validation set, so every rule below is evaluated on exactly the same evidence, in seconds:
+
+- baselines: the largest pretrained model (the prior), a random pretrained candidate (expected regret);
+- naive SWSA on each generator family and on their mean AUROC, and Borda rank aggregation over families;
+- the bootstrap rule (overrule the prior when P(winner beats prior) >= t) on the mean of the families, and
+  with every family required to be confident on its own;
+- candidate consensus (the pretrained candidate whose synthetic scores agree best with the others' mean);
+- score ensembles (detectors.ScoreEnsemble) of all pretrained candidates, of those at the last layer, and of
+  the three best by synthetic AUROC; and the last-layer ensemble as the prior, overruled only when every
+  family is 99% confident.
+
+Regret is measured against the best individual candidate (an ensemble can go below zero). Per rule: mean
+regret over tasks, the number of tasks where its mean regret is at or below the largest model's and
+strictly below it, its worst excess over the largest model, and, for rules that overrule a prior, how
+often an overrule really was better.
+
+    python benchmarks/decision_rules.py DUMP_DIR
+"""
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+from sklearn.metrics import roc_auc_score
+
+from detectors import ScoreEnsemble
+from selection.confidence import bootstrap_beats
+from selection_quality import markdown
+
+PRIOR = "knn/efficientnet_lite2/imagenet/last/avg/k3"  # the largest offline backbone at its last layer
+N_BOOTSTRAP = 400
+
+
+class Run:
+    """One dumped selection run, with candidates' (and extra ensembles') synthetic and real AUROC."""
+
+    def __init__(self, path: Path):
+        data = np.load(path, allow_pickle=False)
+        self.task, seed = path.stem.rsplit("_seed", 1)
+        self.seed = int(seed)
+        self.names = [str(n) for n in data["names"]]
+        self.pretrained = [i for i, control in enumerate(data["control"]) if not control]
+        self.real_labels = data["real_labels"]
+        self.real_scores = list(data["real_scores"])
+        self.generators = sorted(key.split("/", 1)[1] for key in data.files if key.startswith("labels/"))
+        self.labels = {g: data[f"labels/{g}"] for g in self.generators}
+        self.scores = {g: list(data[f"scores/{g}"]) for g in self.generators}
+        self.prior = self.names.index(PRIOR)
+        self.n_single = len(self.names)
+        real = [roc_auc_score(self.real_labels, s) for s in self.real_scores]
+        self.best_real = max(real)
+
+    def synthetic(self, i: int, generators=None) -> float:
+        return float(np.mean([roc_auc_score(self.labels[g], self.scores[g][i]) for g in generators or self.generators]))
+
+    def regret(self, i: int) -> float:
+        return self.best_real - roc_auc_score(self.real_labels, self.real_scores[i])
+
+    def add_ensemble(self, members: list[int]) -> int:
+        """Append the score ensemble of `members` as one more candidate; returns its index."""
+        first = self.generators[0]
+        normals = self.labels[first] == 0
+        ensemble = ScoreEnsemble.from_heldout_scores(members, [self.scores[first][i][normals] for i in members])
+        for g in self.generators:
+            self.scores[g].append(ensemble.combine([self.scores[g][i] for i in members]))
+        self.real_scores.append(ensemble.combine([self.real_scores[i] for i in members]))
+        return len(self.real_scores) - 1
+
+    def beats(self, first: int, second: int, generators) -> float:
+        return bootstrap_beats({g: self.labels[g] for g in generators}, {g: self.scores[g][first] for g in generators},
+                               {g: self.scores[g][second] for g in generators}, N_BOOTSTRAP, seed=self.seed)
+
+
+def best(run: Run, pool: list[int], generators=None) -> int:
+    return max(pool, key=lambda i: run.synthetic(i, generators))
+
+
+def confident_overrule(run: Run, pool: list[int], prior: int, threshold: float, every_family: bool) -> tuple[int, bool]:
+    """The synthetic winner of `pool` if the bootstrap says it beats `prior` with `threshold`, else `prior`."""
+    winner = best(run, pool)
+    if winner == prior:
+        return prior, False
+    if every_family:
+        confidence = min(run.beats(winner, prior, [g]) for g in run.generators)
+    else:
+        confidence = run.beats(winner, prior, run.generators)
+    return (winner, True) if confidence >= threshold else (prior, False)
+
+
+def borda(run: Run) -> int:
+    ranks = np.mean([np.argsort(np.argsort([-run.synthetic(i, [g]) for i in run.pretrained]))
+                     for g in run.generators], axis=0)
+    return run.pretrained[int(np.argmin(ranks))]
+
+
+def consensus(run: Run) -> int:
+    first = run.generators[0]
+    normals = run.labels[first] == 0
+    standardised = {i: np.concatenate([(run.scores[g][i] - run.scores[first][i][normals].mean())
+                                       / run.scores[first][i][normals].std() for g in run.generators])
+                    for i in run.pretrained}
+    agreement = {i: spearmanr(standardised[i], np.mean([standardised[j] for j in run.pretrained if j != i], axis=0))[0]
+                 for i in run.pretrained}
+    return max(agreement, key=agreement.get)
+
+
+def rules(run: Run) -> dict[str, tuple[int, bool]]:
+    """Every rule's pick, and whether it overruled a prior."""
+    last = [i for i in run.pretrained if "/last/" in run.names[i]]
+    top3 = sorted(run.pretrained, key=lambda i: -run.synthetic(i))[:3]
+    ensembles = {"ensemble of all pretrained": run.add_ensemble(run.pretrained),
+                 "ensemble of the last layers": run.add_ensemble(last),
+                 "ensemble of the synthetic top 3": run.add_ensemble(top3)}
+    picks = {"largest model": (run.prior, False)}
+    for g in run.generators:
+        picks[f"naive SWSA, {g}"] = (best(run, list(range(run.n_single)), [g]), False)
+    picks["naive SWSA, mean of families"] = (best(run, list(range(run.n_single))), False)
+    picks["Borda over families"] = (borda(run), False)
+    for threshold in (0.95, 0.99):
+        picks[f"bootstrap >= {threshold}, mean"] = confident_overrule(run, run.pretrained, run.prior, threshold, False)
+        picks[f"bootstrap >= {threshold}, every family"] = confident_overrule(run, run.pretrained, run.prior,
+                                                                             threshold, True)
+    picks["candidate consensus"] = (consensus(run), False)
+    picks.update({name: (index, False) for name, index in ensembles.items()})
+    picks["last-layer ensemble, overruled at 0.99 by every family"] = confident_overrule(
+        run, run.pretrained + [ensembles["ensemble of the last layers"]], ensembles["ensemble of the last layers"],
+        0.99, True)
+    return picks
+
+
+def evaluate(runs: list[Run], rule_picks: Callable[[Run], dict[str, tuple[int, bool]]] = rules) -> pd.DataFrame:
+    rows = []
+    for run in runs:
+        random_regret = float(np.mean([run.regret(i) for i in run.pretrained]))
+        for name, (pick, overruled) in rule_picks(run).items():
+            rows.append({"task": run.task, "seed": run.seed, "rule": name, "regret": run.regret(pick),
+                         "overruled": overruled, "right": overruled and run.regret(pick) < run.regret(run.prior)})
+        rows.append({"task": run.task, "seed": run.seed, "rule": "random pretrained", "regret": random_regret,
+                     "overruled": False, "right": False})
+    return pd.DataFrame(rows)
+
+
+def table(results: pd.DataFrame) -> pd.DataFrame:
+    per_task = results.groupby(["rule", "task"])["regret"].mean().unstack("task")
+    largest = per_task.loc["largest model"]
+    summary = pd.DataFrame({
+        "mean regret": per_task.mean(axis=1),
+        "tasks <= largest": (per_task.le(largest + 1e-9, axis=1)).sum(axis=1).astype(int),
+        "tasks < largest": (per_task.lt(largest - 1e-9, axis=1)).sum(axis=1).astype(int),
+        "worst excess over largest": per_task.sub(largest, axis=1).max(axis=1),
+    })
+    overrules = results[results["overruled"]].groupby("rule")["right"].agg(["size", "mean"])
+    summary["overrules (right)"] = [
+        f"{int(overrules.loc[r, 'size'])} ({overrules.loc[r, 'mean']:.0%})" if r in overrules.index else "-"
+        for r in summary.index]
+    return summary.sort_values("mean regret")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dump_dir", type=Path)
+    args = parser.parse_args()
+    runs = [Run(path) for path in sorted(args.dump_dir.glob("*.npz"))]
+    if not runs:
+        raise SystemExit(f"no dumps in {args.dump_dir}: run selection_quality.py with --dump-dir first")
+    results = evaluate(runs)
+    tasks = results["task"].nunique()
+    print(f"{len(runs)} runs over {tasks} tasks\n")
+    print(markdown(table(results).reset_index().round(4)))
+
+
+if __name__ == "__main__":
+    main()
