@@ -1,5 +1,5 @@
 """Ways to turn synthetic evidence into a pick, compared on the recorded scores of the selection-quality
-benchmark (`selection_quality.py --dump-dir DIR --selection-args '--generators cutpaste,perlin'`).
+benchmark (`selection_quality.py`, which writes them to mlruns/selection-quality-scores).
 
 Each dump holds, for one task and seed, every candidate's anomaly scores on each synthetic set and on the
 real validation set, so every rule below is evaluated on exactly the same evidence, in seconds:
@@ -18,7 +18,7 @@ regret over tasks, the number of tasks where its mean regret is at or below the 
 strictly below it, its worst excess over the largest model, and, for rules that overrule a prior, how
 often an overrule really was better.
 
-    python benchmarks/decision_rules.py DUMP_DIR
+    python benchmarks/decision_rules.py [SCORES_DIR]
 """
 
 import argparse
@@ -165,11 +165,11 @@ def table(results: pd.DataFrame) -> pd.DataFrame:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dump_dir", type=Path)
+    parser.add_argument("dump_dir", type=Path, nargs="?", default=Path("mlruns/selection-quality-scores"))
     args = parser.parse_args()
     runs = [Run(path) for path in sorted(args.dump_dir.glob("*.npz"))]
     if not runs:
-        raise SystemExit(f"no dumps in {args.dump_dir}: run selection_quality.py with --dump-dir first")
+        raise SystemExit(f"no score dumps in {args.dump_dir}: run benchmarks/selection_quality.py first")
     results = evaluate(runs)
     tasks = results["task"].nunique()
     print(f"{len(runs)} runs over {tasks} tasks\n")

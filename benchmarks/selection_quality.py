@@ -13,9 +13,10 @@ the share of runs with regret <= 0. Calibration: of the runs whose synthetic win
 prior, how often the winner was really better, per level of bootstrap confidence; `--write-calibration`
 stores that as the product's calibration (`selection/calibration.json`) for these generators.
 
-Writes the table (table.md), the runs (runs.csv), the figures (synthetic_vs_real.png, regret.png) and
-every run's per-image scores (scores/, for benchmarks/decision_rules.py) into --out-dir; every selection is
-an MLflow run, and a summary run carries the table and figures.
+Writes the table (table.md), the runs (runs.csv) and the figures (synthetic_vs_real.png, regret.png) into
+--out-dir (docs/selection-quality), and every run's per-image scores into --scores-dir (for
+benchmarks/decision_rules.py); every selection is an MLflow run, and a summary run carries the table and
+figures.
 
     python benchmarks/selection_quality.py [--tasks mvtec/bottle,elpv,...] [--seeds 5] [--data-root ...]
 
@@ -162,8 +163,10 @@ def main() -> None:
     parser.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared/data/mvtec_ad"))
     parser.add_argument("--tracking-uri", help="MLflow store for the runs (default: the product's, under mlruns/)")
     parser.add_argument("--feature-dir", default="mlruns/features", help="cached features: a re-run takes minutes")
-    parser.add_argument("--out-dir", type=Path, default=Path("mlruns/selection-quality"),
-                        help="where the table, figures, runs and per-image scores go")
+    parser.add_argument("--out-dir", type=Path, default=Path("docs/selection-quality"),
+                        help="where the table, the figures and the runs go")
+    parser.add_argument("--scores-dir", type=Path, default=Path("mlruns/selection-quality-scores"),
+                        help="where every run's per-image scores go (for benchmarks/decision_rules.py)")
     parser.add_argument("--selection-args", default="", help="extra `selection.run` options for every run, "
                                                              "e.g. '--generators cutpaste'")
     parser.add_argument("--write-calibration", action="store_true",
@@ -176,7 +179,7 @@ def main() -> None:
         for task in args.tasks.split(","):
             for seed in range(args.seeds):
                 row, board = one_run(task, seed, args.data_root, tracking_uri, f"{tmp}/synthetic", args.feature_dir,
-                                     args.selection_args.split(), args.out_dir / "scores")
+                                     args.selection_args.split(), args.scores_dir)
                 rows.append(row)
                 boards.append(board)
                 print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),

@@ -24,7 +24,7 @@ from selection.search_space import MAX_K, SpaceBounds, get_search_space, list_se
 from selection.study import SearchConfig, TrialObjective, run_search
 
 SMALL_BOTTLE = ["--task", "mvtec/bottle", "--max-support", "80", "--max-validation", "40", "--n-anomalies", "30",
-                "--backbones", "mobilenet_v2"]
+                "--backbones", "mobilenet_v2", "--generators", "cutpaste"]
 
 
 def _config(mvtec_root, tmp_path, tracking_uri, *extra: str) -> SearchConfig:
