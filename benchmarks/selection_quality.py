@@ -37,8 +37,8 @@ import pandas as pd
 
 from quality_plots import regret_by_method, synthetic_vs_real
 from selection import tracking
-from selection.confidence import CALIBRATION_FILE
-from selection.pipeline import MEAN, run_selection
+from selection.confidence import CALIBRATION_FILE, calibration_key
+from selection.pipeline import MEAN, prior_kind, run_selection
 from selection.run import DEFAULT_TASK_LIMITS, parse_args
 from selection.tasks import FASHION_MNIST_CLASSES
 
@@ -79,6 +79,16 @@ def one_run(task: str, seed: int, data_root: str, tracking_uri: str, store: str,
            "winner_really_better": bool(board.loc[decision.winner, "real_auroc"] > board.loc[decision.prior, "real_auroc"])}
     leaderboard = result.leaderboard.assign(task=task, seed=seed, prior=result.leaderboard["candidate"] == comparison.baseline)
     return row, leaderboard
+
+
+def seeds_for(task: str, default: int, overrides: list[str]) -> int:
+    for override in overrides:
+        prefix, _, count = override.partition("=")
+        if not count.isdigit():
+            raise SystemExit(f"error: --task-seeds wants PREFIX=N, got {override!r}")
+        if task.startswith(prefix):
+            return int(count)
+    return default
 
 
 def dump_scores(result, path: Path) -> None:
@@ -143,10 +153,9 @@ def calibration_text(levels: list[list]) -> str:
     return "\n".join(lines)
 
 
-def write_calibration(generators: tuple[str, ...], levels: list[list], measured_on: str,
-                      path: Path = CALIBRATION_FILE) -> None:
+def write_calibration(key: str, levels: list[list], measured_on: str, path: Path = CALIBRATION_FILE) -> None:
     table = json.loads(path.read_text()) if path.is_file() else {}
-    table[",".join(sorted(generators))] = {"levels": levels, "measured_on": measured_on}
+    table[key] = {"levels": levels, "measured_on": measured_on}
     path.write_text(json.dumps(table, indent=2) + "\n")
 
 
@@ -159,7 +168,10 @@ def markdown(table: pd.DataFrame) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per task (default 5)")
+    parser.add_argument("--task-seeds", action="append", default=[], metavar="PREFIX=N",
+                        help="fewer or more seeds for the tasks whose name starts with PREFIX, e.g. "
+                             "fashion-mnist=3; repeatable")
     parser.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared/data/mvtec_ad"))
     parser.add_argument("--tracking-uri", help="MLflow store for the runs (default: the product's, under mlruns/)")
     parser.add_argument("--feature-dir", default="mlruns/features", help="cached features: a re-run takes minutes")
@@ -177,7 +189,7 @@ def main() -> None:
     rows, boards = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks.split(","):
-            for seed in range(args.seeds):
+            for seed in range(seeds_for(task, args.seeds, args.task_seeds)):
                 row, board = one_run(task, seed, args.data_root, tracking_uri, f"{tmp}/synthetic", args.feature_dir,
                                      args.selection_args.split(), args.scores_dir)
                 rows.append(row)
@@ -186,7 +198,7 @@ def main() -> None:
                       flush=True)
     runs, boards = pd.DataFrame(rows), pd.concat(boards, ignore_index=True)
     levels = calibration_levels(runs)
-    generators = parse_args(args.selection_args.split()).generators
+    config = parse_args(args.selection_args.split())
     report = "\n\n".join([markdown(summary(runs)), tasks_against_largest(runs),
                           "calibration (runs whose synthetic winner was not the prior):\n" + calibration_text(levels)])
     print("\n" + report)
@@ -195,8 +207,11 @@ def main() -> None:
     synthetic_vs_real(boards[~boards["ensemble"]], args.out_dir / "synthetic_vs_real.png")
     regret_by_method(runs, {f"regret_{m}": label for m, label in METHODS.items()}, args.out_dir / "regret.png")
     if args.write_calibration:
-        write_calibration(generators, levels, f"{len(runs)} runs over {runs['task'].nunique()} tasks "
-                                              "(benchmarks/selection_quality.py)")
+        kind = prior_kind(config, ensemble=config.ensemble != "none")
+        if kind is None:
+            raise SystemExit("error: no calibration for a prior named in --selection-args")
+        write_calibration(calibration_key(config.generators, kind), levels,
+                          f"{len(runs)} runs over {runs['task'].nunique()} tasks (benchmarks/selection_quality.py)")
     _log_summary(tracking_uri, runs, args.out_dir)
 
 

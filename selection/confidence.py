@@ -11,7 +11,7 @@ only, not their bias (a family that favours mid-level features favours them in e
 overconfident. The *calibrated* confidence says how often, over the tasks of the selection-quality
 benchmark, a winner with at least this bootstrap confidence really beat the prior on real labels:
 (right + 1) / (runs + 2) over those runs, from `calibration.json`, measured for one set of generator
-families. The threshold (default 0.95) applies to the calibrated confidence where one exists for the
+families and one kind of prior (the ensemble, or the largest model). The threshold (default 0.95) applies to the calibrated confidence where one exists for the
 run's generators, else to the bootstrap one. Threshold 0 is naive SWSA: always the synthetic winner.
 """
 
@@ -43,9 +43,16 @@ class Calibration:
         return (right + 1) / (runs + 2), runs
 
 
-def load_calibration(generators, path: Path = CALIBRATION_FILE) -> Calibration | None:
-    """The calibration measured for exactly these generator families, or None."""
-    key = ",".join(sorted(generators))
+def calibration_key(generators, prior_kind: str) -> str:
+    return f"{','.join(sorted(generators))} against {prior_kind}"
+
+
+def load_calibration(generators, prior_kind: str | None, path: Path = CALIBRATION_FILE) -> Calibration | None:
+    """The calibration measured for exactly these generator families against this kind of prior (e.g.
+    "ensemble/pretrained", "largest model"), or None; a prior the user named has none."""
+    if prior_kind is None:
+        return None
+    key = calibration_key(generators, prior_kind)
     if not path.is_file():
         return None
     entry = json.loads(path.read_text()).get(key)

@@ -92,7 +92,7 @@ def run_selection(config: SelectionConfig) -> SelectionResult:
     decision = decide(list(leaderboard["candidate"]), prior,
                       {vs.generator: vs.labels for vs in evidence.validation_sets},
                       {name: item.synthetic_scores for name, item in scored.items()}, config.confidence, config.seed,
-                      load_calibration(config.generators))
+                      load_calibration(config.generators, prior_kind(config, ensemble)))
     result = SelectionResult(evidence.task, leaderboard, by_name[decision.chosen], decision, evidence.validation_sets,
                              features=features, warnings=control_warnings(leaderboard), scored=scored,
                              real_labels=evidence.real_labels)
@@ -108,6 +108,14 @@ def _rank(leaderboard: pd.DataFrame) -> pd.DataFrame:
     if "real_auroc" in leaderboard:
         leaderboard["real_rank"] = leaderboard["real_auroc"].rank(ascending=False, method="min").astype(int)
     return leaderboard
+
+
+def prior_kind(config: SelectionConfig, ensemble) -> str | None:
+    """What the default prior is, as calibrations are keyed: "ensemble/<members>" or "largest model"; None
+    for a prior the user named."""
+    if config.prior is not None:
+        return None
+    return f"ensemble/{config.ensemble}" if ensemble else "largest model"
 
 
 def _largest_pretrained(candidates: list[Candidate], features: FeatureCache) -> Candidate | None:

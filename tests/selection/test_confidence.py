@@ -73,11 +73,14 @@ def test_calibration_reads_the_highest_level_reached(tmp_path):
     assert calibration.calibrated(1.0) == (pytest.approx(2 / 6), 4)
     assert calibration.calibrated(0.3) == (0.5, 0)  # no runs: no information either way
     path = tmp_path / "calibration.json"
-    path.write_text(json.dumps({"cutpaste,perlin": {"levels": [[0.5, 2, 1]], "measured_on": "2 runs"}}))
-    loaded = load_calibration(["perlin", "cutpaste"], path)
+    path.write_text(json.dumps({"cutpaste,perlin against ensemble/last": {"levels": [[0.5, 2, 1]],
+                                                                          "measured_on": "2 runs"}}))
+    loaded = load_calibration(["perlin", "cutpaste"], "ensemble/last", path)
     assert loaded.levels == ((0.5, 2, 1),) and loaded.measured_on == "2 runs"
-    assert load_calibration(["cutpaste"], path) is None
-    assert load_calibration(["cutpaste"], tmp_path / "absent.json") is None
+    assert load_calibration(["cutpaste"], "ensemble/last", path) is None  # other generators
+    assert load_calibration(["cutpaste", "perlin"], "largest model", path) is None  # another prior
+    assert load_calibration(["cutpaste", "perlin"], None, path) is None  # a prior the user named
+    assert load_calibration(["cutpaste"], "ensemble/last", tmp_path / "absent.json") is None
 
 
 def test_a_calibrated_confidence_decides_where_there_is_one():
