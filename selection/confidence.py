@@ -11,8 +11,9 @@ only, not their bias (a family that favours mid-level features favours them in e
 overconfident. The *calibrated* confidence says how often, over the tasks of the selection-quality
 benchmark, a winner with at least this bootstrap confidence really beat the prior on real labels:
 (right + 1) / (runs + 2) over those runs, from `calibration.json`, measured for one set of generator
-families and one kind of prior (the ensemble, or the largest model). The threshold (default 0.95) applies to the calibrated confidence where one exists for the
-run's generators, else to the bootstrap one. Threshold 0 is naive SWSA: always the synthetic winner.
+families and one kind of prior (the ensemble, or the largest model). The threshold (default 0.95) applies
+to the calibrated confidence where one was measured for the run's generators and prior, else to the
+bootstrap one. Threshold 0 is naive SWSA: always the synthetic winner.
 """
 
 import json

@@ -35,6 +35,8 @@ from selection.search_space import SpaceBounds, get_search_space
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 RUN_ID_ATTR = "mlflow_run_id"
 DIGEST_ATTR = "evidence_digest"
+# selection settings a search does not use (its trials choose k; it ranks no controls, ensembles or prior)
+_NOT_SEARCH_PARAMS = ("tracking_uri", "store", "feature_dir", "k", "controls", "ensemble", "prior", "confidence")
 
 
 @dataclass
@@ -213,7 +215,7 @@ def _open_study(config: SearchConfig, evidence: Evidence) -> tuple[optuna.Study,
         return study, _wait_for_run_id(study)
     params = {"space": config.space, "n_trials": config.n_trials, "study": name,
               **{k: ",".join(v) if isinstance(v, tuple) else v for k, v in asdict(config.selection).items()
-                 if k not in ("tracking_uri", "store", "feature_dir", "k", "controls", "prior", "confidence")}}
+                 if k not in _NOT_SEARCH_PARAMS}}
     with tracking.parent_run(evidence.task.name, "search", params, evidence.validation_sets) as run:
         mlflow.set_tags({"optuna.study": name, "optuna.storage": _display_url(config.storage_url)})
     study.set_user_attr(DIGEST_ATTR, digest)
