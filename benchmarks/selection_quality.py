@@ -38,6 +38,7 @@ import pandas as pd
 from quality_plots import regret_by_method, synthetic_vs_real
 from selection import tracking
 from selection.confidence import CALIBRATION_FILE, calibration_key
+from selection.candidates import ensemble_candidate
 from selection.pipeline import MEAN, prior_kind, run_selection
 from selection.run import DEFAULT_TASK_LIMITS, parse_args
 from selection.tasks import FASHION_MNIST_CLASSES
@@ -76,8 +77,10 @@ def one_run(task: str, seed: int, data_root: str, tracking_uri: str, store: str,
            "pick_default": decision.chosen, "prior": decision.prior, "winner": decision.winner,
            "overruled": decision.chosen != decision.prior, "confidence": decision.confidence,
            "calibrated_confidence": decision.calibrated_confidence,
-           "winner_really_better": bool(board.loc[decision.winner, "real_auroc"] > board.loc[decision.prior, "real_auroc"])}
-    leaderboard = result.leaderboard.assign(task=task, seed=seed, prior=result.leaderboard["candidate"] == comparison.baseline)
+           "winner_really_better": bool(board.loc[decision.winner, "real_auroc"]
+                                         > board.loc[decision.prior, "real_auroc"])}
+    leaderboard = result.leaderboard.assign(task=task, seed=seed,
+                                            prior=result.leaderboard["candidate"] == comparison.baseline)
     return row, leaderboard
 
 
@@ -207,7 +210,7 @@ def main() -> None:
     synthetic_vs_real(boards[~boards["ensemble"]], args.out_dir / "synthetic_vs_real.png")
     regret_by_method(runs, {f"regret_{m}": label for m, label in METHODS.items()}, args.out_dir / "regret.png")
     if args.write_calibration:
-        kind = prior_kind(config, ensemble=config.ensemble != "none")
+        kind = prior_kind(config, ensemble_candidate(config.ensemble, config.candidates()))
         if kind is None:
             raise SystemExit("error: no calibration for a prior named in --selection-args")
         write_calibration(calibration_key(config.generators, kind), levels,

@@ -26,6 +26,7 @@ from generation.base import Generator
 from generation.color_jitter import apply_jitter, draw_jitter
 from generation.registry import register_generator
 from generation.synthetic_set import SyntheticSet
+from generation.visibility import changed_pixels, required_changed_pixels
 
 VARIANTS = ("normal", "scar", "union")
 REFERENCE_SIDE = 256  # the image side that sizes and `min_changed_pixels` are given for
@@ -69,7 +70,7 @@ class CutPaste(Generator):
             for _ in range(self.max_attempts):
                 source = int(rng.integers(len(normal_images)))
                 draw = self._draw(rng, normal_images[source], variant)
-                if draw.changed_pixels >= self._required_changes(normal_images[source]):
+                if draw.changed_pixels >= required_changed_pixels(self.min_changed_pixels, normal_images[source]):
                     break
                 rejected += 1
             else:
@@ -99,16 +100,13 @@ class CutPaste(Generator):
                 raise ValueError(f"normal_images[{index}] is {height}x{width} px: too small for rotated scars of up "
                                  f"to {largest_scar} px (scar sizes are given at 256 px and scale with the image)")
 
-    def _required_changes(self, image: np.ndarray) -> int:
-        return math.ceil(self.min_changed_pixels * _scale(image) ** 2)
-
     def _draw(self, rng: np.random.Generator, image: np.ndarray, variant: str) -> "_Draw":
         cut = self._cut_scar if variant == "scar" else self._cut_normal
         patch, footprint, params = cut(rng, image)
         height, width = footprint.shape
         target = _random_box(rng, image, width, height)
         x, y = target["x"], target["y"]
-        changed = _changed_pixels(image, patch, footprint, x, y, self.min_change)
+        changed = changed_pixels(_crop(image, target), patch, self.min_change, where=footprint)
         params = {"variant": variant, **params, "paste": {"x": x, "y": y}, "changed_pixels": changed}
         return _Draw(patch, footprint, x, y, changed, params)
 
@@ -158,13 +156,6 @@ class _Draw:
         mask = np.zeros(image.shape[:2], dtype=np.float32)
         mask[self.y:self.y + height, self.x:self.x + width] = self.footprint
         return output, mask
-
-
-def _changed_pixels(image: np.ndarray, patch: np.ndarray, footprint: np.ndarray, x: int, y: int,
-                    min_change: float) -> int:
-    height, width = footprint.shape
-    difference = np.abs(patch.astype(np.int16) - image[y:y + height, x:x + width]).max(axis=2)
-    return int(np.count_nonzero((difference > min_change) & footprint))
 
 
 def _scale(image: np.ndarray) -> float:

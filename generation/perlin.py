@@ -9,8 +9,8 @@ blend keeps a fraction beta ~ U(0, `max_opacity_kept`) of the original inside th
 
     out = (1 - M) * image + M * (beta * image + (1 - beta) * texture)
 
-The mask M is exact (1 inside the blobs). Invisible draws are rejected and redrawn as in CutPaste: fewer than
-`min_changed_pixels` pixels (counted at 256 x 256) changing by more than `min_change` levels.
+The mask M is exact (1 inside the blobs). Invisible draws are rejected and redrawn by the rule CutPaste uses
+(`generation.visibility`); a draw that changes nothing is rejected even with `min_changed_pixels=0`.
 """
 
 import math
@@ -22,8 +22,8 @@ from generation.base import Generator
 from generation.color_jitter import apply_jitter, draw_jitter
 from generation.registry import register_generator
 from generation.synthetic_set import SyntheticSet
+from generation.visibility import changed_pixels, required_changed_pixels
 
-REFERENCE_SIDE = 256
 MIN_CELL = 4  # pixels per noise cell at least: finer lattices alias into salt-and-pepper noise
 
 
@@ -87,9 +87,8 @@ class Perlin(Generator):
             for _ in range(self.max_attempts):
                 source = int(rng.integers(len(normal_images)))
                 image, mask, params = self._draw(rng, normal_images, source)
-                changed = np.abs(image.astype(np.int16) - normal_images[source]).max(axis=2) > self.min_change
-                needed = math.ceil(self.min_changed_pixels * mask.size / REFERENCE_SIDE ** 2)
-                if np.count_nonzero(changed) >= max(needed, 1):
+                needed = required_changed_pixels(self.min_changed_pixels, image)
+                if changed_pixels(normal_images[source], image, self.min_change) >= max(needed, 1):
                     break
                 rejected += 1
             else:

@@ -1,5 +1,5 @@
-"""The MLflow pyfunc wrapper of a fitted detector (a deep kNN or a score ensemble), logged as code (MLflow's models-from-code) so that
-loading a registered model runs this file instead of unpickling an object.
+"""The MLflow pyfunc wrapper of a fitted detector (a deep kNN or a score ensemble), logged as code (MLflow's
+models-from-code) so that loading a registered model runs this file instead of unpickling an object.
 
 Input: a DataFrame with a `path` column (what a served model receives); in process also a list of paths,
 a list of (H, W, 3) uint8 images or an (N, H, W, 3) array. Output: anomaly scores, higher = more anomalous.

@@ -9,7 +9,8 @@ from tqdm.auto import tqdm
 
 from detectors import FeatureCache
 from selection import registry, tracking
-from selection.candidates import LAYERS, OFFLINE_BACKBONES, Candidate, default_candidates, ensemble_candidate
+from selection.candidates import (LAYERS, OFFLINE_BACKBONES, Candidate, EnsembleCandidate, default_candidates,
+                                  ensemble_candidate)
 from selection.confidence import DEFAULT_CONFIDENCE, Decision, decide, load_calibration
 from selection.evidence import (ScoredCandidate, check_candidates, evidence_digest, gather_evidence, score_candidate,
                                 score_ensemble)
@@ -110,7 +111,7 @@ def _rank(leaderboard: pd.DataFrame) -> pd.DataFrame:
     return leaderboard
 
 
-def prior_kind(config: SelectionConfig, ensemble) -> str | None:
+def prior_kind(config: SelectionConfig, ensemble: EnsembleCandidate | None) -> str | None:
     """What the default prior is, as calibrations are keyed: "ensemble/<members>" or "largest model"; None
     for a prior the user named."""
     if config.prior is not None:
@@ -228,7 +229,8 @@ def _pick_real_auroc_and_regret(result: SelectionResult) -> tuple[float, float] 
         return None
     board = result.leaderboard.set_index("candidate")
     best_single = board.loc[~board["ensemble"], "real_auroc"].max()
-    return float(board.loc[result.pick.name, "real_auroc"]), float(best_single - board.loc[result.pick.name, "real_auroc"])
+    pick = board.loc[result.pick.name, "real_auroc"]
+    return float(pick), float(best_single - pick)
 
 
 def _tau_text(tau: float, p_value: float) -> str:

@@ -31,7 +31,8 @@ class Promotion:
         return f"registered {self.model_name} v{self.version} as @{self.alias}: {self.reason}"
 
 
-def register_and_promote(model_name: str, detector: DeepKNN | ScoreEnsemble, evidence: dict[str, str | float]) -> Promotion:
+def register_and_promote(model_name: str, detector: DeepKNN | ScoreEnsemble,
+                         evidence: dict[str, str | float]) -> Promotion:
     """Log `detector` under the active run, register it and set its alias. `evidence` must hold
     `synthetic_auroc` and `dataset_digest`; anything else (real AUROC, tau, candidate) is tagged as is."""
     with tempfile.TemporaryDirectory() as tmp, _quiet_signature_inference():

@@ -21,8 +21,8 @@ from selection.run import main
 @pytest.fixture
 def bottle_config(mvtec_root, tracking_uri, tmp_path):
     return SelectionConfig(task="mvtec/bottle", data_root=str(mvtec_root), backbones=("mobilenet_v2",),
-                           generators=("cutpaste",), n_anomalies=40, tracking_uri=tracking_uri, store=str(tmp_path / "synthetic"),
-                           experiment="e2e")
+                           generators=("cutpaste",), n_anomalies=40, tracking_uri=tracking_uri,
+                           store=str(tmp_path / "synthetic"), experiment="e2e")
 
 
 def test_selection_on_bottle_records_everything_and_promotes_the_pick(bottle_config):
@@ -188,7 +188,8 @@ def test_an_ensemble_is_ranked_and_decided_on_like_a_candidate(bottle_config):
     members = [result.scored[f"knn/{b}/imagenet/last/avg/k3"].synthetic_scores["cutpaste"]
                for b in ("mobilenet_v2", "efficientnet_lite0")]
     standardised = np.mean([(s - s[normals].mean()) / s[normals].std() for s in members], axis=0)
-    assert board.loc["ensemble/last-2", "synthetic_auroc/cutpaste"] == pytest.approx(roc_auc_score(labels, standardised))
+    expected = roc_auc_score(labels, standardised)
+    assert board.loc["ensemble/last-2", "synthetic_auroc/cutpaste"] == pytest.approx(expected)
     assert result.decision.prior == "ensemble/last-2"
     comparison = result.comparisons["cutpaste"]  # ranks the individual candidates only
     assert "ensemble/last-2" not in {comparison.pick, comparison.oracle}
