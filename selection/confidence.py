@@ -53,14 +53,17 @@ def load_calibration(generators, prior_kind: str | None, path: Path = CALIBRATIO
     "ensemble/pretrained", "largest model"), or None; a prior the user named has none."""
     if prior_kind is None:
         return None
-    key = calibration_key(generators, prior_kind)
     if not path.is_file():
         return None
-    entry = json.loads(path.read_text()).get(key)
-    if entry is None:
-        return None
-    return Calibration(tuple(sorted(generators)), tuple(tuple(level) for level in entry["levels"]),
-                       entry["measured_on"])
+    try:
+        entry = json.loads(path.read_text()).get(calibration_key(generators, prior_kind))
+        if entry is None:
+            return None
+        return Calibration(tuple(sorted(generators)), tuple(tuple(level) for level in entry["levels"]),
+                           entry["measured_on"])
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as error:
+        raise ValueError(f"corrupt calibration file {path}: {error!r}; restore it or re-measure it with "
+                         "benchmarks/selection_quality.py --write-calibration") from error
 
 
 @dataclass(frozen=True)

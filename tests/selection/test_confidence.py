@@ -81,6 +81,9 @@ def test_calibration_reads_the_highest_level_reached(tmp_path):
     assert load_calibration(["cutpaste", "perlin"], "largest model", path) is None  # another prior
     assert load_calibration(["cutpaste", "perlin"], None, path) is None  # a prior the user named
     assert load_calibration(["cutpaste"], "ensemble/last", tmp_path / "absent.json") is None
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt calibration file .*calibration.json"):
+        load_calibration(["cutpaste", "perlin"], "ensemble/last", path)
 
 
 def test_a_calibrated_confidence_decides_where_there_is_one():
