@@ -8,6 +8,7 @@ from generation.base import Generator
 from generation.cut import CUT
 from generation.cutpaste import CutPaste
 from generation.diffstyle import DiffStyle
+from generation.nsa import NSA
 from generation.perlin import Perlin
 from generation.registry import create_generator, list_generators, register_generator
 from generation.synthetic_set import SyntheticSet, request_digest
@@ -17,6 +18,7 @@ __all__ = [
     "CutPaste",
     "DiffStyle",
     "Generator",
+    "NSA",
     "Perlin",
     "SyntheticSet",
     "create_generator",

@@ -44,6 +44,19 @@ class Generator(ABC):
         """`n` synthetic anomalies made from `normal_images` (uint8 (H, W, 3) RGB arrays), seeded by `seed`."""
 
 
+def check_one_size(normal_images: Sequence[np.ndarray], min_side: int, generator: str) -> None:
+    """Raise a short ValueError unless all `normal_images` share one size of at least `min_side` px a side:
+    what a `generator` that blends one normal image into another needs."""
+    shapes = {image.shape for image in normal_images}
+    if len(shapes) > 1:
+        raise ValueError(f"{generator} blends one normal image into another: all must share a size, got "
+                         f"{sorted(shapes)[:3]}")
+    height, width = normal_images[0].shape[:2]
+    if min(height, width) < min_side:
+        raise ValueError(f"normal images are {height}x{width} px: too small for {generator}, which needs at "
+                         f"least {min_side} px a side")
+
+
 def _check_request(normal_images: Sequence[np.ndarray], n: int, seed: int) -> None:
     """Raise a short ValueError naming the first bad argument of a generation request."""
     if not _is_int(n) or n < 1:

@@ -18,11 +18,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from generation.base import Generator
+from generation.base import Generator, check_one_size
 from generation.color_jitter import apply_jitter, draw_jitter
 from generation.registry import register_generator
 from generation.synthetic_set import SyntheticSet
-from generation.visibility import changed_pixels, required_changed_pixels
+from generation.visibility import generate_visible
 
 MIN_CELL = 4  # pixels per noise cell at least: finer lattices alias into salt-and-pepper noise
 
@@ -79,39 +79,10 @@ class Perlin(Generator):
         self.max_attempts = int(max_attempts)
 
     def generate(self, normal_images: Sequence[np.ndarray], n: int, seed: int) -> SyntheticSet:
-        digest = self.digest(normal_images, n, seed)
-        rng = np.random.default_rng(seed)
-        images, masks, sources, sample_params = [], [], [], []
-        rejected = 0
-        for index in range(n):
-            for _ in range(self.max_attempts):
-                source = int(rng.integers(len(normal_images)))
-                image, mask, params = self._draw(rng, normal_images, source)
-                needed = required_changed_pixels(self.min_changed_pixels, image)
-                if changed_pixels(normal_images[source], image, self.min_change) >= max(needed, 1):
-                    break
-                rejected += 1
-            else:
-                raise ValueError(f"Perlin found no visible anomaly for sample {index}: {self.max_attempts} draws in a "
-                                 f"row changed fewer than {self.min_changed_pixels} pixels (at 256 x 256) by more "
-                                 f"than {self.min_change:g} levels; lower min_changed_pixels or min_change")
-            images.append(image)
-            masks.append(mask)
-            sources.append(source)
-            sample_params.append(params)
-        return SyntheticSet(generator=self.name, params=self.get_params(), seed=int(seed), digest=digest,
-                            images=images, masks=masks, sources=sources, sample_params=sample_params,
-                            rejected=rejected)
+        return generate_visible(self, normal_images, n, seed, self._draw)
 
     def _check_images(self, normal_images: Sequence[np.ndarray]) -> None:
-        shapes = {image.shape for image in normal_images}
-        if len(shapes) > 1:
-            raise ValueError(f"Perlin blends one normal image into another: all must share a size, got "
-                             f"{sorted(shapes)[:3]}")
-        height, width = normal_images[0].shape[:2]
-        if min(height, width) < 2 * MIN_CELL:
-            raise ValueError(f"normal images are {height}x{width} px: too small for Perlin noise cells of "
-                             f"{MIN_CELL} px")
+        check_one_size(normal_images, 2 * MIN_CELL, "Perlin")
 
     def _draw(self, rng: np.random.Generator, normal_images: Sequence[np.ndarray],
               source: int) -> tuple[np.ndarray, np.ndarray, dict]:

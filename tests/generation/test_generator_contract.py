@@ -11,6 +11,7 @@ FAST_PARAMS = {  # "{tiny_...}" stands for a tiny local model of conftest.py
     "cut": {"model": "{tiny_sd_dir}", "steps": 6, "resolution": 32, "max_iterations": 2, "object_name": "thing"},
     "cutpaste": {},
     "diffstyle": {"model": "{tiny_ddpm_dir}", "steps": 4},
+    "nsa": {},
     "perlin": {},
 }
 
