@@ -9,9 +9,13 @@ real validation set, so every rule below is evaluated on exactly the same eviden
 - the bootstrap rule (overrule the prior when P(winner beats prior) >= t) on the mean of the families, and
   with every family required to be confident on its own;
 - candidate consensus (the pretrained candidate whose synthetic scores agree best with the others' mean);
-- score ensembles (detectors.ScoreEnsemble) of all pretrained candidates, of those at the last layer, and of
-  the three best by synthetic AUROC; and the last-layer ensemble as the prior, overruled only when every
-  family is 99% confident.
+- score ensembles (detectors.ScoreEnsemble, members weighted by backbone size as the product weighs them)
+  of all pretrained candidates, of those at the last layer, and of the three best by synthetic AUROC; the
+  last-layer ensemble with equal weights; and the last-layer ensemble as the prior, overruled only when
+  every family is 99% confident.
+
+First, how well each generator family (and the mean of the families) ranks the pretrained candidates:
+Kendall tau-b of their synthetic AUROC against the real one, mean and spread over runs, then per task.
 
 Regret is measured against the best individual candidate (an ensemble can go below zero). Per rule: mean
 regret over tasks, the number of tasks where its mean regret is at or below the largest model's and
@@ -23,14 +27,15 @@ often an overrule really was better.
 
 import argparse
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import spearmanr
+from scipy.stats import kendalltau, spearmanr
 from sklearn.metrics import roc_auc_score
 
-from detectors import ScoreEnsemble
+from detectors import ScoreEnsemble, create_backbone
 from selection.confidence import bootstrap_beats
 from selection_quality import markdown
 
@@ -63,11 +68,13 @@ class Run:
     def regret(self, i: int) -> float:
         return self.best_real - roc_auc_score(self.real_labels, self.real_scores[i])
 
-    def add_ensemble(self, members: list[int]) -> int:
+    def add_ensemble(self, members: list[int], weigh_by_size: bool = True) -> int:
         """Append the score ensemble of `members` as one more candidate; returns its index."""
         first = self.generators[0]
         normals = self.labels[first] == 0
-        ensemble = ScoreEnsemble.from_heldout_scores(members, [self.scores[first][i][normals] for i in members])
+        weights = [backbone_size(self.names[i].split("/")[1]) for i in members] if weigh_by_size else None
+        ensemble = ScoreEnsemble.from_heldout_scores(members, [self.scores[first][i][normals] for i in members],
+                                                     weights)
         for g in self.generators:
             self.scores[g].append(ensemble.combine([self.scores[g][i] for i in members]))
         self.real_scores.append(ensemble.combine([self.real_scores[i] for i in members]))
@@ -76,6 +83,11 @@ class Run:
     def beats(self, first: int, second: int, generators) -> float:
         return bootstrap_beats({g: self.labels[g] for g in generators}, {g: self.scores[g][first] for g in generators},
                                {g: self.scores[g][second] for g in generators}, N_BOOTSTRAP, seed=self.seed)
+
+
+@cache
+def backbone_size(name: str) -> int:
+    return create_backbone(name, "imagenet").n_params
 
 
 def best(run: Run, pool: list[int], generators=None) -> int:
@@ -111,12 +123,33 @@ def consensus(run: Run) -> int:
     return max(agreement, key=agreement.get)
 
 
+def family_taus(runs: list[Run]) -> pd.DataFrame:
+    """Kendall tau of each family's (and the families' mean) synthetic ranking of the pretrained candidates
+    against the real ranking: one row per run and family."""
+    rows = []
+    for run in runs:
+        real = [roc_auc_score(run.real_labels, run.real_scores[i]) for i in run.pretrained]
+        for family, generators in [(g, [g]) for g in run.generators] + [("mean of families", None)]:
+            tau = kendalltau([run.synthetic(i, generators) for i in run.pretrained], real, variant="b")[0]
+            rows.append({"task": run.task, "seed": run.seed, "family": family, "tau": tau})
+    return pd.DataFrame(rows)
+
+
+def tau_table(taus: pd.DataFrame) -> pd.DataFrame:
+    """Per task (rows) and family (columns) the mean tau; last, every run's mean ± std."""
+    per_task = taus.groupby(["task", "family"])["tau"].mean().unstack("family").map(lambda tau: f"{tau:.2f}")
+    overall = taus.groupby("family")["tau"].agg(["mean", "std"])
+    per_task.loc["all runs"] = [f"{overall.loc[f, 'mean']:.3f} ± {overall.loc[f, 'std']:.3f}" for f in per_task]
+    return per_task
+
+
 def rules(run: Run) -> dict[str, tuple[int, bool]]:
     """Every rule's pick, and whether it overruled a prior."""
     last = [i for i in run.pretrained if "/last/" in run.names[i]]
     top3 = sorted(run.pretrained, key=lambda i: -run.synthetic(i))[:3]
     ensembles = {"ensemble of all pretrained": run.add_ensemble(run.pretrained),
                  "ensemble of the last layers": run.add_ensemble(last),
+                 "ensemble of the last layers, equal weights": run.add_ensemble(last, weigh_by_size=False),
                  "ensemble of the synthetic top 3": run.add_ensemble(top3)}
     picks = {"largest model": (run.prior, False)}
     for g in run.generators:
@@ -170,10 +203,11 @@ def main() -> None:
     runs = [Run(path) for path in sorted(args.dump_dir.glob("*.npz"))]
     if not runs:
         raise SystemExit(f"no score dumps in {args.dump_dir}: run benchmarks/selection_quality.py first")
-    results = evaluate(runs)
-    tasks = results["task"].nunique()
-    print(f"{len(runs)} runs over {tasks} tasks\n")
-    print(markdown(table(results).reset_index().round(4)))
+    print(f"{len(runs)} runs over {len({run.task for run in runs})} tasks\n")
+    print("Kendall tau among the pretrained candidates, per family:\n")
+    print(markdown(tau_table(family_taus(runs)).reset_index()))
+    print("\nDecision rules:\n")
+    print(markdown(table(evaluate(runs)).reset_index().round(4)))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """How good the selection is, against real labels, over tasks and seeds: the SWSA protocol through the
 product's own `run_selection` with its defaults (CutPaste and Perlin sets; deep kNN k = 3 over the offline
 backbones with ImageNet and random weights, last and mid layers, two pixel baselines; the score ensemble of
-the pretrained last layers; the calibrated confidence rule).
+the pretrained last layers, weighted by backbone size; the calibrated confidence rule).
 
 Per task (mean ± std over seeds; each seed draws its own split and anomalies) and overall: Kendall tau of
 the synthetic ranking of the individual candidates against the real one, over all of them and over the

@@ -50,8 +50,8 @@ def default_candidates(backbones=OFFLINE_BACKBONES, layers=LAYERS, k: int = 3, c
 
 @dataclass(frozen=True)
 class EnsembleCandidate:
-    """The score ensemble of several candidates (detectors.ScoreEnsemble): ranked, decided on and registered
-    like any candidate."""
+    """The score ensemble of several candidates (detectors.ScoreEnsemble, members weighted by their backbone's
+    parameter count): ranked, decided on and registered like any candidate."""
 
     members: tuple[Candidate, ...]
     label: str
@@ -66,7 +66,8 @@ class EnsembleCandidate:
 
     @property
     def params(self) -> dict:
-        return {"detector": "score_ensemble", "members": ",".join(member.name for member in self.members)}
+        return {"detector": "score_ensemble", "members": ",".join(member.name for member in self.members),
+                "member_weights": "backbone parameters"}
 
 
 def ensemble_candidate(spec: str, candidates: list[Candidate]) -> EnsembleCandidate | None:

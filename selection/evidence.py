@@ -107,15 +107,20 @@ def score_candidate(candidate: Candidate, evidence: Evidence, features: FeatureC
     return _scored(candidate, detector, scores, real_scores, evidence)
 
 
-def score_ensemble(ensemble: EnsembleCandidate, scored: dict[str, ScoredCandidate],
-                   evidence: Evidence) -> ScoredCandidate:
+def score_ensemble(ensemble: EnsembleCandidate, scored: dict[str, ScoredCandidate], evidence: Evidence,
+                   features: FeatureCache) -> ScoredCandidate:
     """The ensemble of already scored members, standardised on the held-out normals of the first synthetic
-    set (every set shares them), scored from its members' scores without scoring any image again."""
+    set (every set shares them), scored from its members' scores without scoring any image again.
+
+    Each member weighs as much as its backbone has parameters: the soft form of the prior "take the largest
+    model". With equal weights the ensemble lost to the largest model alone on the benchmark's tasks where
+    that model is already close to the best (docs/selection-quality); weighted by size it did not."""
     members = [scored[member.name] for member in ensemble.members]
     first = evidence.validation_sets[0]
     normals = np.asarray(first.labels) == 0
-    detector = ScoreEnsemble.from_heldout_scores([m.detector for m in members],
-                                                 [m.synthetic_scores[first.generator][normals] for m in members])
+    detector = ScoreEnsemble.from_heldout_scores(
+        [m.detector for m in members], [m.synthetic_scores[first.generator][normals] for m in members],
+        weights=[features.backbone(member.backbone, member.weights).n_params for member in ensemble.members])
     scores = {vs.generator: detector.combine([m.synthetic_scores[vs.generator] for m in members])
               for vs in evidence.validation_sets}
     real_scores = detector.combine([m.real_scores for m in members]) if evidence.has_real_labels else None

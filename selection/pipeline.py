@@ -86,7 +86,7 @@ def run_selection(config: SelectionConfig) -> SelectionResult:
     scored = {candidate.name: score_candidate(candidate, evidence, features)
               for candidate in tqdm(candidates, desc="candidates")}
     if ensemble:
-        scored[ensemble.name] = score_ensemble(ensemble, scored, evidence)
+        scored[ensemble.name] = score_ensemble(ensemble, scored, evidence, features)
     leaderboard = _rank(pd.DataFrame([item.row for item in scored.values()]))
     baseline = _largest_pretrained(candidates, features)
     prior = config.prior or (ensemble.name if ensemble else baseline.name if baseline else None)

@@ -185,9 +185,12 @@ def test_an_ensemble_is_ranked_and_decided_on_like_a_candidate(bottle_config):
     assert board.loc["ensemble/last-2", "ensemble"] and board["ensemble"].sum() == 1
     labels = result.validation_sets[0].labels
     normals = labels == 0
-    members = [result.scored[f"knn/{b}/imagenet/last/avg/k3"].synthetic_scores["cutpaste"]
-               for b in ("mobilenet_v2", "efficientnet_lite0")]
-    standardised = np.mean([(s - s[normals].mean()) / s[normals].std() for s in members], axis=0)
+    backbones = ("mobilenet_v2", "efficientnet_lite0")
+    members = [result.scored[f"knn/{b}/imagenet/last/avg/k3"].synthetic_scores["cutpaste"] for b in backbones]
+    sizes = np.array([result.features.backbone(b, "imagenet").n_params for b in backbones])
+    assert sizes[1] > 1.4 * sizes[0]  # the members really weigh differently
+    np.testing.assert_allclose(result.scored["ensemble/last-2"].detector.weights, sizes / sizes.sum())
+    standardised = np.average([(s - s[normals].mean()) / s[normals].std() for s in members], axis=0, weights=sizes)
     expected = roc_auc_score(labels, standardised)
     assert board.loc["ensemble/last-2", "synthetic_auroc/cutpaste"] == pytest.approx(expected)
     assert result.decision.prior == "ensemble/last-2"
