@@ -22,7 +22,11 @@ regret over tasks, the number of tasks where its mean regret is at or below the 
 strictly below it, its worst excess over the largest model, and, for rules that overrule a prior, how
 often an overrule really was better.
 
-    python benchmarks/decision_rules.py [SCORES_DIR]
+    python benchmarks/decision_rules.py [SCORES_DIR] [--anomalies K]
+
+Several draws of one family: with the held-out normals shared, the mean AUROC over k draws of n anomalies is
+the AUROC on their k n anomalies pooled, so a benchmark run with `--n-anomalies 300` judged in full is
+"three draws", and judged with `--anomalies 100` is one.
 """
 
 import argparse
@@ -46,7 +50,8 @@ N_BOOTSTRAP = 400
 class Run:
     """One dumped selection run, with candidates' (and extra ensembles') synthetic and real AUROC."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, anomalies: int | None = None):
+        """`anomalies`: keep only the first that many anomalies of each synthetic set (all held-out normals)."""
         data = np.load(path, allow_pickle=False)
         self.task, seed = path.stem.rsplit("_seed", 1)
         self.seed = int(seed)
@@ -55,8 +60,9 @@ class Run:
         self.real_labels = data["real_labels"]
         self.real_scores = list(data["real_scores"])
         self.generators = sorted(key.split("/", 1)[1] for key in data.files if key.startswith("labels/"))
-        self.labels = {g: data[f"labels/{g}"] for g in self.generators}
-        self.scores = {g: list(data[f"scores/{g}"]) for g in self.generators}
+        kept = {g: _first_anomalies(data[f"labels/{g}"], anomalies) for g in self.generators}
+        self.labels = {g: data[f"labels/{g}"][kept[g]] for g in self.generators}
+        self.scores = {g: list(data[f"scores/{g}"][:, kept[g]]) for g in self.generators}
         self.prior = self.names.index(PRIOR)
         self.n_single = len(self.names)
         real = [roc_auc_score(self.real_labels, s) for s in self.real_scores]
@@ -83,6 +89,16 @@ class Run:
     def beats(self, first: int, second: int, generators) -> float:
         return bootstrap_beats({g: self.labels[g] for g in generators}, {g: self.scores[g][first] for g in generators},
                                {g: self.scores[g][second] for g in generators}, N_BOOTSTRAP, seed=self.seed)
+
+
+def _first_anomalies(labels: np.ndarray, anomalies: int | None) -> np.ndarray:
+    """Which entries to keep: every normal and the first `anomalies` anomalies (all where None)."""
+    is_anomaly = labels == 1
+    if anomalies is None:
+        return np.ones(len(labels), dtype=bool)
+    if anomalies < 1 or anomalies > is_anomaly.sum():
+        raise SystemExit(f"--anomalies must lie in 1..{is_anomaly.sum()} (the anomalies each set holds)")
+    return ~is_anomaly | (np.cumsum(is_anomaly) <= anomalies)
 
 
 @cache
@@ -199,8 +215,10 @@ def table(results: pd.DataFrame) -> pd.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dump_dir", type=Path, nargs="?", default=Path("mlruns/selection-quality-scores"))
+    parser.add_argument("--anomalies", type=int, help="judge on the first this many anomalies of each synthetic "
+                        "set only (e.g. one draw's worth of a run made with --n-anomalies 300)")
     args = parser.parse_args()
-    runs = [Run(path) for path in sorted(args.dump_dir.glob("*.npz"))]
+    runs = [Run(path, args.anomalies) for path in sorted(args.dump_dir.glob("*.npz"))]
     if not runs:
         raise SystemExit(f"no score dumps in {args.dump_dir}: run benchmarks/selection_quality.py first")
     print(f"{len(runs)} runs over {len({run.task for run in runs})} tasks\n")
