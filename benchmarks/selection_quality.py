@@ -37,7 +37,7 @@ import pandas as pd
 
 from quality_plots import regret_by_method, synthetic_vs_real
 from selection import tracking
-from selection.confidence import CALIBRATION_FILE, calibration_key
+from selection.confidence import CALIBRATION_FILE, DEFAULT_CONFIDENCE, Calibration, calibration_key
 from selection.candidates import ensemble_candidate
 from selection.pipeline import MEAN, prior_kind, run_selection
 from selection.run import DEFAULT_TASK_LIMITS, parse_args
@@ -46,7 +46,7 @@ from selection.tasks import FASHION_MNIST_CLASSES
 DEFAULT_TASKS = ("mvtec/bottle", "elpv", "textile", *(f"fashion-mnist/{c}" for c in FASHION_MNIST_CLASSES))
 METHODS = {"naive": "naive SWSA", "default": "default decision", "largest": "largest model",
            "random_pretrained": "random pretrained"}
-CALIBRATION_LEVELS = (0.5, 0.9, 0.95, 0.99)
+CALIBRATION_LEVELS = (0.0, 0.5, 0.9, 0.95, 0.99)  # 0: every contested run, so any confidence has a measure
 
 
 def one_run(task: str, seed: int, data_root: str, tracking_uri: str, store: str, feature_dir: str,
@@ -149,6 +149,25 @@ def calibration_levels(runs: pd.DataFrame) -> list[list]:
             for level in CALIBRATION_LEVELS]
 
 
+def held_out_calibration(runs: pd.DataFrame, threshold: float = DEFAULT_CONFIDENCE) -> str:
+    """The calibration checked out of sample: each task's contested runs get the calibrated confidence that
+    the other tasks' runs would state, compared with how often their winner really was better."""
+    stated, right = [], []
+    for task, group in runs.groupby("task"):
+        others = Calibration((), tuple(map(tuple, calibration_levels(runs[runs["task"] != task]))), "")
+        contested = group[group["winner"] != group["prior"]]
+        stated += [others.calibrated(confidence)[0] for confidence in contested["confidence"]]
+        right += list(contested["winner_really_better"])
+    if not stated:
+        return "calibration left out task by task: no run's synthetic winner differed from the prior"
+    stated, right = np.array(stated), np.array(right, dtype=bool)
+    confident = stated >= threshold
+    return (f"calibration left out task by task (each task's runs judged with the other tasks' calibration): "
+            f"{len(stated)} contested runs, stated confidence {stated.mean():.0%} on average (at most "
+            f"{stated.max():.0%}), winner really better in {right.mean():.0%}; stated >= {threshold:.0%} in "
+            f"{confident.sum()} runs" + (f", really better in {right[confident].sum()}" if confident.any() else ""))
+
+
 def calibration_text(levels: list[list]) -> str:
     lines = ["| bootstrap confidence at least | runs | winner really better |", "|---|---|---|"]
     lines += [f"| {level:.0%} | {n} | {right}" + (f" ({right / n:.0%})" if n else "") + " |"
@@ -203,7 +222,8 @@ def main() -> None:
     levels = calibration_levels(runs)
     config = parse_args(args.selection_args.split())
     report = "\n\n".join([markdown(summary(runs)), tasks_against_largest(runs),
-                          "calibration (runs whose synthetic winner was not the prior):\n" + calibration_text(levels)])
+                          "calibration (runs whose synthetic winner was not the prior):\n" + calibration_text(levels),
+                          held_out_calibration(runs)])
     print("\n" + report)
     runs.to_csv(args.out_dir / "runs.csv", index=False)
     (args.out_dir / "table.md").write_text(report + "\n")
