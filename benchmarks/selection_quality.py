@@ -1,7 +1,7 @@
 """How good the selection is, against real labels, over tasks and seeds: the SWSA protocol through the
-product's own `run_selection` with its defaults (CutPaste and Perlin sets; deep kNN k = 3 over the offline
-backbones with ImageNet and random weights, last and mid layers, two pixel baselines; the score ensemble of
-the pretrained last layers, weighted by backbone size; the calibrated confidence rule).
+product's own `run_selection` with its defaults (CutPaste, Perlin and NSA sets; deep kNN k = 3 over the
+offline backbones with ImageNet and random weights, last and mid layers, two pixel baselines; the score
+ensemble of the pretrained last layers, weighted by backbone size; the calibrated confidence rule).
 
 Per task (mean ± std over seeds; each seed draws its own split and anomalies) and overall: Kendall tau of
 the synthetic ranking of the individual candidates against the real one, over all of them and over the
@@ -11,7 +11,8 @@ pretrained model, and a random pretrained candidate (its expectation). Regret is
 candidate's real AUROC minus the pick's (below zero where an ensemble beats them all); the pick rate is
 the share of runs with regret <= 0. Calibration: of the runs whose synthetic winner differed from the
 prior, how often the winner was really better, per level of bootstrap confidence; `--write-calibration`
-stores that as the product's calibration (`selection/calibration.json`) for these generators.
+stores that as the product's calibration (`selection/calibration.json`) for these generators. The same
+calibration is also checked out of sample: each task's runs judged with the other tasks' calibration.
 
 Writes the table (table.md), the runs (runs.csv) and the figures (synthetic_vs_real.png, regret.png) into
 --out-dir (docs/selection-quality), and every run's per-image scores into --scores-dir (for

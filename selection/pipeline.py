@@ -25,7 +25,7 @@ MEAN = "mean"  # the combined synthetic score: mean AUROC over the generators' s
 class SelectionConfig:
     task: str = "elpv"
     data_root: str | None = None
-    generators: tuple[str, ...] = ("cutpaste", "perlin")
+    generators: tuple[str, ...] = ("cutpaste", "perlin", "nsa")
     diffusion_model: str | None = None  # DiffStyle's UNet: hub id or local directory (default: its own)
     diffusion_steps: int = 50
     sd_model: str | None = None  # CUT's Stable Diffusion: hub id or local directory (default: its own)

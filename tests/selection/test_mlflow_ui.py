@@ -29,7 +29,8 @@ def test_mlflow_ui_shows_runs_dataset_and_champion(mvtec_root, tracking_uri, tmp
     assert len(runs) == 1 + len(result.leaderboard)
     parent = next(r for r in runs if r["info"]["run_id"] == result.run_id)
     digests = [d["dataset"]["digest"] for d in parent["inputs"]["dataset_inputs"]]
-    assert sorted(digests) == sorted(vs.digest for vs in result.validation_sets)  # CutPaste and Perlin sets
+    assert sorted(digests) == sorted(vs.digest for vs in result.validation_sets)  # the default generators' sets
+    assert len(digests) == len(SelectionConfig.generators)
 
     name = result.promotion.model_name
     champion = api(f"{mlflow_ui}/api/2.0/mlflow/registered-models/alias?name={name}&alias=champion")
