@@ -59,9 +59,9 @@ def check_one_size(normal_images: Sequence[np.ndarray], min_side: int, generator
 
 def _check_request(normal_images: Sequence[np.ndarray], n: int, seed: int) -> None:
     """Raise a short ValueError naming the first bad argument of a generation request."""
-    if not _is_int(n) or n < 1:
+    if not is_int(n) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
-    if not _is_int(seed) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if len(normal_images) == 0:
         raise ValueError("normal_images is empty: a generator needs at least one normal image")
@@ -72,5 +72,5 @@ def _check_request(normal_images: Sequence[np.ndarray], n: int, seed: int) -> No
             raise ValueError(f"normal_images[{index}] must be a uint8 (H, W, 3) RGB array, got a {found}")
 
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

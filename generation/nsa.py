@@ -33,10 +33,10 @@ import scipy.sparse
 import scipy.sparse.linalg
 from PIL import Image
 
-from generation.base import Generator, check_one_size
+from generation.base import Generator, check_one_size, is_int
 from generation.registry import register_generator
 from generation.synthetic_set import SyntheticSet
-from generation.visibility import changed_pixels, generate_visible
+from generation.visibility import changed_mask, generate_visible
 
 MIN_SIDE = 16  # px a side at least: below that a patch with its 1 px ring is a handful of pixels
 
@@ -102,13 +102,13 @@ class NSA(Generator):
         if not isinstance(mixed, (bool, np.bool_)):
             raise ValueError(f"mixed must be True or False, got {mixed!r}")
         self.mixed = bool(mixed)
-        if not _is_int(min_changed_pixels) or min_changed_pixels < 0:
+        if not is_int(min_changed_pixels) or min_changed_pixels < 0:
             raise ValueError(f"min_changed_pixels must be an integer >= 0, got {min_changed_pixels!r}")
         self.min_changed_pixels = int(min_changed_pixels)
         if not _is_number(min_change) or not 0 <= min_change <= 254:
             raise ValueError(f"min_change must lie in [0, 254] levels, got {min_change!r}")
         self.min_change = float(min_change)
-        if not _is_int(max_attempts) or max_attempts < 1:
+        if not is_int(max_attempts) or max_attempts < 1:
             raise ValueError(f"max_attempts must be an integer >= 1, got {max_attempts!r}")
         self.max_attempts = int(max_attempts)
 
@@ -144,16 +144,12 @@ class NSA(Generator):
         blended = poisson_blend(base, guide, top, left, self.mixed)
         image = base.copy()
         image[top:top + height, left:left + width] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-        region = (slice(top, top + height), slice(left, left + width))
-        mask = np.zeros((image_height, image_width), dtype=np.float32)
-        # the measure of visibility.changed_pixels, kept per pixel: the mask is the set that rule counts
-        mask[region] = np.abs(image[region].astype(np.int16) - base[region]).max(axis=2) > self.min_change
+        mask = changed_mask(base, image, self.min_change)  # nothing outside the rectangle changed
         params = {"source": source,
                   "destination_box": {"x": left, "y": top, "width": width, "height": height},
                   "source_box": {"x": cut_x, "y": cut_y, "width": cut_width, "height": cut_height},
-                  "scale": scale, "mixed": self.mixed,
-                  "changed_pixels": changed_pixels(base, image, self.min_change)}
-        return image, mask, params
+                  "scale": scale, "mixed": self.mixed, "changed_pixels": int(np.count_nonzero(mask))}
+        return image, mask.astype(np.float32), params
 
 
 def _pair(name: str, value, high: float = math.inf) -> tuple[float, float]:
@@ -170,6 +166,3 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
         and math.isfinite(value)
 
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

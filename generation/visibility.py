@@ -17,10 +17,15 @@ from generation.synthetic_set import SyntheticSet
 REFERENCE_AREA = 256 * 256  # the image area `min_changed_pixels` is given for
 
 
+def changed_mask(before: np.ndarray, after: np.ndarray, min_change: float) -> np.ndarray:
+    """(h, w) bool: the pixels of `after` (uint8 (h, w, 3)) that differ from `before` by more than
+    `min_change` levels."""
+    return np.abs(after.astype(np.int16) - before).max(axis=2) > min_change
+
+
 def changed_pixels(before: np.ndarray, after: np.ndarray, min_change: float, where: np.ndarray | None = None) -> int:
-    """Pixels of `after` (uint8 (h, w, 3)) that differ from `before` by more than `min_change` levels, counted
-    only where the bool mask `where` is set if it is given."""
-    changed = np.abs(after.astype(np.int16) - before).max(axis=2) > min_change
+    """How many pixels `changed_mask` marks, counted only where the bool mask `where` is set if it is given."""
+    changed = changed_mask(before, after, min_change)
     return int(np.count_nonzero(changed if where is None else changed & where))
 
 
