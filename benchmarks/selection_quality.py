@@ -209,6 +209,10 @@ def main() -> None:
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     tracking_uri = args.tracking_uri or tracking.DEFAULT_TRACKING_URI
+    config = parse_args(args.selection_args.split())
+    prior = prior_kind(config, ensemble_candidate(config.ensemble, config.candidates()))
+    if args.write_calibration and prior is None:
+        raise SystemExit("error: no calibration for a prior named in --selection-args")
     rows, boards = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks.split(","):
@@ -221,7 +225,6 @@ def main() -> None:
                       flush=True)
     runs, boards = pd.DataFrame(rows), pd.concat(boards, ignore_index=True)
     levels = calibration_levels(runs)
-    config = parse_args(args.selection_args.split())
     report = "\n\n".join([markdown(summary(runs)), tasks_against_largest(runs),
                           "calibration (runs whose synthetic winner was not the prior):\n" + calibration_text(levels),
                           held_out_calibration(runs)])
@@ -231,10 +234,7 @@ def main() -> None:
     synthetic_vs_real(boards[~boards["ensemble"]], args.out_dir / "synthetic_vs_real.png")
     regret_by_method(runs, {f"regret_{m}": label for m, label in METHODS.items()}, args.out_dir / "regret.png")
     if args.write_calibration:
-        kind = prior_kind(config, ensemble_candidate(config.ensemble, config.candidates()))
-        if kind is None:
-            raise SystemExit("error: no calibration for a prior named in --selection-args")
-        write_calibration(calibration_key(config.generators, kind), levels,
+        write_calibration(calibration_key(config.generators, prior), levels,
                           f"{len(runs)} runs over {runs['task'].nunique()} tasks (benchmarks/selection_quality.py)")
     _log_summary(tracking_uri, runs, args.out_dir)
 
