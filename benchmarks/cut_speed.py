@@ -21,11 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import detectors  # noqa: F401  (the torchvision fix, before diffusers)
+from compat import torchvision_fix
 from generation.cut import CUT, AttentionLevel, token_map
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from tiny_models import save_tiny_stable_diffusion  # noqa: E402
+
+torchvision_fix.apply()  # before diffusers is imported
 
 
 def peak_memory_mb(device: torch.device) -> float:

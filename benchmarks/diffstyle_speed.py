@@ -15,8 +15,10 @@ import time
 import numpy as np
 import torch
 
-import detectors  # noqa: F401  (the torchvision fix, before diffusers)
+from compat import torchvision_fix
 from generation.diffstyle import DiffusionModel
+
+torchvision_fix.apply()  # before diffusers is imported
 
 
 def tiny_unet():

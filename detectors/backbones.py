@@ -7,7 +7,8 @@ detail. The raw-pixel negative controls offer one layer, "raw".
 
 `weights` is "imagenet" (pretrained) or "random" (seeded random init, a negative control: it only ever
 happens when asked for); the raw-pixel controls have no weights ("none"). Torchvision, timm and
-efficientnet_lite_pytorch are imported inside the factories, so importing this module stays light.
+efficientnet_lite_pytorch are imported inside the factories (after the torchvision fix), so importing this
+module stays light.
 """
 
 import importlib
@@ -19,6 +20,8 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
+
+from compat import torchvision_fix
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -137,6 +140,36 @@ def create_backbone(name: str, weights: str = "imagenet") -> Backbone:
     return factory(name, weights)
 
 
+def save_weights(backbone: Backbone, path) -> None:
+    """The network's parameters and buffers as a safetensors file; its metadata names the backbone and weights."""
+    from safetensors.torch import save_model
+
+    save_model(backbone.network, str(path), metadata={"backbone": backbone.name, "weights": backbone.weights})
+
+
+def load_weights(path) -> Backbone:
+    """The backbone a `save_weights` file holds: its architecture built without pretrained weights (no weights
+    package, no download), then every tensor of the file loaded into it, none missing and none left over."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_model
+
+    try:
+        with safe_open(str(path), "pt") as file:
+            metadata = file.metadata() or {}
+    except (OSError, SafetensorError) as error:
+        raise ValueError(f"cannot read backbone weights {path}: {error}") from error
+    name, weights = metadata.get("backbone"), metadata.get("weights")
+    if not name or weights not in TRAINABLE_WEIGHTS:
+        raise ValueError(f"{path} holds no saved backbone (its metadata: {metadata})")
+    backbone = create_backbone(name, "random")
+    try:
+        load_model(backbone.network, str(path), strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"backbone weights {path} do not fit {name!r}: {error}") from error
+    backbone.weights = weights
+    return backbone
+
+
 def _check_weights(name: str, weights: str, allowed: tuple[str, ...] = TRAINABLE_WEIGHTS) -> None:
     if weights not in allowed:
         raise ValueError(f"backbone {name!r} takes weights {' or '.join(map(repr, allowed))}, not {weights!r}")
@@ -165,6 +198,7 @@ def mobilenet_v2_weights_path() -> Path:
 def _mobilenet_v2(name: str, weights: str) -> Backbone:
     """torchvision MobileNetV2. "last": output of `features` (1280 ch, stride 32); "mid": `features[13]`
     (96 ch, stride 16)."""
+    torchvision_fix.apply()
     import torchvision
 
     _check_weights(name, weights)
@@ -183,6 +217,7 @@ def _efficientnet_lite(name: str, weights: str) -> Backbone:
     """EfficientNet-Lite (inputs 224/240/260). "last": what `extract_features` returns (1280 ch, stride 32);
     "mid": the last stride-16 MBConv block (lite0: block 10, 112 ch; lite1: block 14, 112 ch;
     lite2: block 14, 120 ch)."""
+    torchvision_fix.apply()
     from efficientnet_lite_pytorch import EfficientNet
 
     _check_weights(name, weights)
@@ -222,6 +257,7 @@ def _timm(name: str, weights: str) -> Backbone:
     """timm:<model_name> (weights from the Hugging Face hub) or timm:<model_name>@<weights file> (a local
     .safetensors or .pth file). "last": the last feature level; "mid": the deepest level at stride 16, or the
     middle level where no level is coarser (e.g. vision transformers)."""
+    torchvision_fix.apply()
     import timm
 
     _check_weights(name, weights)

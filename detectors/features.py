@@ -30,8 +30,8 @@ class FeatureCache:
     """Backbones (built once each) and the pooled features of every image they have seen.
 
     `device`: torch device for the forward passes ("cuda" runs them under fp16 autocast).
-    `directory`: if given, pooled features are also kept there (one .npz of .npy arrays per backbone, weights
-    and image), so other processes reuse them; it must be emptied if a backbone's definition changes.
+    `directory`: if given, pooled features are also kept there (one .npz of .npy arrays per backbone, weights,
+    precision and image), so other processes reuse them; it must be emptied if a backbone's definition changes.
 
     `forward_counts[(backbone, weights)]` counts the images passed through each network and `forward_seconds`
     the time spent in forward passes, so that a benchmark can check and time them.
@@ -48,6 +48,15 @@ class FeatureCache:
         self._backbones: dict[tuple[str, str], Backbone] = {}
         self._vectors: dict[tuple[str, str, str], dict[tuple[str, str], np.ndarray]] = {}
         self._read_only_digests: dict[int, tuple[weakref.ref, str]] = {}
+
+    @property
+    def precision(self) -> str:
+        """What the forward passes compute in: half precision on CUDA changes the features, so it keys them."""
+        return "float16" if torch.device(self.device).type == "cuda" else "float32"
+
+    def add_backbone(self, backbone: Backbone) -> None:
+        """Use `backbone` for its name and weights instead of building one (e.g. one rebuilt from saved weights)."""
+        self._backbones[backbone.name, backbone.weights] = backbone.to(self.device)
 
     def backbone(self, name: str, weights: str) -> Backbone:
         """The backbone `name` with `weights`, built on first use."""
@@ -124,8 +133,8 @@ class FeatureCache:
 
     def _forward(self, model: Backbone, batch: torch.Tensor) -> dict[tuple[str, str], np.ndarray]:
         started = time.perf_counter()
-        on_cuda = torch.device(self.device).type == "cuda"
-        autocast = torch.autocast("cuda", dtype=torch.float16) if on_cuda else contextlib.nullcontext()
+        half = self.precision == "float16"
+        autocast = torch.autocast("cuda", dtype=torch.float16) if half else contextlib.nullcontext()
         with autocast:
             maps = model.feature_maps(batch.to(self.device))
         pooled = {}
@@ -142,7 +151,7 @@ class FeatureCache:
         name, weights, digest = key
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)[:64]
         tag = hashlib.sha256(f"{name}|{weights}".encode()).hexdigest()[:12]  # names can differ only in a path
-        return self.directory / f"{slug}.{weights}.{tag}" / f"{digest}.npz"
+        return self.directory / f"{slug}.{weights}.{self.precision}.{tag}" / f"{digest}.npz"
 
     def _read(self, key) -> dict[tuple[str, str], np.ndarray] | None:
         if self.directory is None:

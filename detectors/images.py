@@ -12,16 +12,18 @@ class ImageReadError(ValueError):
     """An image file is missing, unreadable or corrupt."""
 
 
-def load_rgb(path) -> np.ndarray:
-    """The image at `path` as an (H, W, 3) uint8 RGB array, whatever its mode (grey, palette, RGBA, 16-bit)."""
+def load_rgb(path, name: str | None = None) -> np.ndarray:
+    """The image at `path` (or in a binary file object) as an (H, W, 3) uint8 RGB array, whatever its mode
+    (grey, palette, RGBA, 16-bit). Errors call it `name` where given, else by its path."""
+    name = path if name is None else name
     try:
         with Image.open(path) as image:
             image.load()  # decode now: a truncated file fails here, not later
             return _to_rgb8(image)
     except FileNotFoundError:
-        raise ImageReadError(f"cannot read image {path}: no such file") from None
+        raise ImageReadError(f"cannot read image {name}: no such file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ImageReadError(f"cannot read image {path}: {_reason(error)}") from error
+        raise ImageReadError(f"cannot read image {name}: {_reason(error)}") from error
 
 
 def _to_rgb8(image: Image.Image) -> np.ndarray:

@@ -302,9 +302,9 @@ class StableDiffusionParts:
     def load(cls, model: str, device: str = "auto") -> "StableDiffusionParts":
         """Stable Diffusion 1.x components from a hub id or a local directory with the diffusers layout
         (unet/, vae/, text_encoder/, tokenizer/, scheduler/); no safety checker is loaded."""
-        from detectors import _torchvision_fix
+        from compat import torchvision_fix
 
-        _torchvision_fix.apply()  # diffusers and transformers import torchvision
+        torchvision_fix.apply()  # diffusers and transformers import torchvision
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 

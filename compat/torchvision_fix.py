@@ -5,6 +5,8 @@ cannot load against the CPU wheel, so `import torchvision` (and with it timm and
 "operator torchvision::nms does not exist". Declaring the two op schemas it registers fake kernels for
 lets the import succeed; transforms, models and feature extraction work, `torchvision.ops` compiled
 ops do not. Where a matching torchvision build is installed the schemas exist and nothing is done.
+
+Call `apply()` before importing torchvision or anything that imports it (timm, diffusers, transformers).
 """
 
 import importlib.util
