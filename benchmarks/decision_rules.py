@@ -22,7 +22,12 @@ regret over tasks, the number of tasks where its mean regret is at or below the 
 strictly below it, its worst excess over the largest model, and, for rules that overrule a prior, how
 often an overrule really was better.
 
-    python benchmarks/decision_rules.py [SCORES_DIR] [--anomalies K]
+    python benchmarks/decision_rules.py [SCORES_DIR] [--anomalies K] [--out FILE]
+
+Prints both tables and writes them, with the command and the runs they were measured on, to --out
+(default docs/selection-quality/decision-rules.md, which the study page docs/selection-quality.md embeds:
+regenerate the page afterwards with `python benchmarks/selection_quality.py --from-runs
+docs/selection-quality/runs.csv`). Point --out elsewhere for any other set of dumps.
 
 Several draws of one family: with the held-out normals shared, the mean AUROC over k draws of n anomalies is
 the AUROC on their k n anomalies pooled, so a benchmark run with `--n-anomalies 300` judged in full is
@@ -30,6 +35,8 @@ the AUROC on their k n anomalies pooled, so a benchmark run with `--n-anomalies 
 """
 
 import argparse
+import shlex
+import sys
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -217,15 +224,30 @@ def main() -> None:
     parser.add_argument("dump_dir", type=Path, nargs="?", default=Path("mlruns/selection-quality-scores"))
     parser.add_argument("--anomalies", type=int, help="judge on the first this many anomalies of each synthetic "
                         "set only (e.g. one draw's worth of a run made with --n-anomalies 300)")
+    parser.add_argument("--out", type=Path, default=Path("docs/selection-quality/decision-rules.md"),
+                        help="where the tables go, as Markdown (default docs/selection-quality/decision-rules.md, "
+                             "the record the study page embeds)")
     args = parser.parse_args()
     runs = [Run(path, args.anomalies) for path in sorted(args.dump_dir.glob("*.npz"))]
     if not runs:
         raise SystemExit(f"no score dumps in {args.dump_dir}: run benchmarks/selection_quality.py first")
-    print(f"{len(runs)} runs over {len({run.task for run in runs})} tasks\n")
-    print("Kendall tau among the pretrained candidates, per family:\n")
-    print(markdown(tau_table(family_taus(runs)).reset_index()))
-    print("\nDecision rules:\n")
-    print(markdown(table(evaluate(runs)).reset_index().round(4)))
+    measured = f"{len(runs)} runs over {len({run.task for run in runs})} tasks"
+    taus = markdown(tau_table(family_taus(runs)).reset_index())
+    decisions = markdown(table(evaluate(runs)).reset_index().round(4))
+    print(f"{measured}\n\nKendall tau among the pretrained candidates, per family:\n\n{taus}\n\n"
+          f"Decision rules:\n\n{decisions}")
+    command = shlex.join(["python", "benchmarks/decision_rules.py", *sys.argv[1:]])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        "<!-- Written by benchmarks/decision_rules.py; do not edit it by hand. -->\n"
+        f"Produced by `{command}` on the score dumps in `{args.dump_dir.as_posix()}`: {measured}"
+        + (f", each synthetic set judged on its first {args.anomalies} anomalies" if args.anomalies else "")
+        + ".\n\n**Kendall tau among the pretrained candidates, per family** (synthetic AUROC against real; per "
+        "task the mean over its runs, last the mean ± std over every run):\n\n"
+        f"{taus}\n\n**Decision rules** (regret against the best individual candidate; per rule the mean over "
+        "tasks of each task's mean regret):\n\n"
+        f"{decisions}\n")
+    print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":
