@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
+from compat.progress import progress
 from detectors.backbones import Backbone, create_backbone
 from detectors.images import image_digest
 
@@ -120,8 +120,8 @@ class FeatureCache:
         if not missing:
             return
         pending = list(missing.items())
-        with tqdm(total=len(pending), desc=f"features {model.name} ({model.weights})", unit="image",
-                  leave=False) as progress:
+        with progress(total=len(pending), desc=f"features {model.name} ({model.weights})", unit="image",
+                  leave=False) as bar:
             for start in range(0, len(pending), self.batch_size):
                 chunk = pending[start:start + self.batch_size]
                 pooled = self._forward(model, _preprocess(model, [image for _, image in chunk]))
@@ -129,7 +129,7 @@ class FeatureCache:
                     vectors = {key: values[row] for key, values in pooled.items()}
                     self._vectors[model.name, model.weights, digest] = vectors
                     self._write((model.name, model.weights, digest), vectors)
-                progress.update(len(chunk))
+                bar.update(len(chunk))
 
     def _forward(self, model: Backbone, batch: torch.Tensor) -> dict[tuple[str, str], np.ndarray]:
         started = time.perf_counter()

@@ -1,19 +1,27 @@
 """Anomaly generators: normal images in, synthetic anomalies with pixel masks out; seeded and content-digested.
 
 Build one by name with `create_generator("cutpaste", variant="scar")`; new generators join the registry with
-the `@register_generator` class decorator.
+the `@register_generator` class decorator. The generator classes are imported on first use (the diffusion
+ones bring torch), so `list_generators()` answers without loading any of them.
 """
 
+import importlib
+
 from generation.base import Generator
-from generation.cut import CUT
-from generation.cutpaste import CutPaste
-from generation.diffstyle import DiffStyle
-from generation.nsa import NSA
-from generation.perlin import Perlin
-from generation.registry import create_generator, list_generators, register_generator
+from generation.registry import BUILT_IN, create_generator, list_generators, register_generator
 from generation.synthetic_set import SyntheticSet, request_digest
 
+_CLASSES = {"CUT": "cut", "CutPaste": "cutpaste", "DiffStyle": "diffstyle", "NSA": "nsa", "Perlin": "perlin"}
+
+
+def __getattr__(name: str):
+    if name not in _CLASSES:
+        raise AttributeError(f"module 'generation' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"generation.{_CLASSES[name]}"), name)
+
+
 __all__ = [
+    "BUILT_IN",
     "CUT",
     "CutPaste",
     "DiffStyle",

@@ -27,14 +27,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
 
+from compat.progress import progress
 from generation.base import Generator
 from generation.devices import resolve_device
+from generation.models import CUT_MODEL
 from generation.registry import register_generator
 from generation.synthetic_set import SyntheticSet
 
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the old runwayml id is gone
 THRESHOLDS = ((0, 0.05), (10, 0.5), (20, 0.8))  # (from denoising step, peak attention to reach)
 REFERENCE_CELLS = 256  # the early-stopping band is given for a 16 x 16 map
 
@@ -46,7 +46,7 @@ class CUT(Generator):
     name = "cut"
     RUNTIME_OPTIONS = ("device",)
 
-    def __init__(self, *, model: str = DEFAULT_MODEL, object_name: str = "object",
+    def __init__(self, *, model: str = CUT_MODEL, object_name: str = "object",
                  prompt: str = "a photo of a {cls} that is {anomaly}", anomalies: Sequence[str] = ("damaged",),
                  steps: int = 200, gamma: float = 0.25, guidance: float = 7.5, step_scale: float = 10.0,
                  thresholds: Sequence[Sequence[float]] = THRESHOLDS, max_iterations: int = 20, early_stop_after: int = 10, early_stop_band: Sequence[int] = (10, 50),
@@ -94,7 +94,7 @@ class CUT(Generator):
         rng = np.random.default_rng(seed)
         sources = [int(rng.integers(len(normal_images))) for _ in range(n)]
         images, masks, params, self.traces = [], [], [], []
-        for i in tqdm(range(n), desc="CUT", unit="image"):
+        for i in progress(range(n), desc="CUT", unit="image"):
             prompt, token_indices = prompts[i % len(prompts)]
             generator = torch.Generator().manual_seed(int(rng.integers(2 ** 63)))
             image, mask, trace = self._generate_one(components, normal_images[sources[i]], prompt, token_indices,

@@ -23,15 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
+from compat.progress import progress
 from generation.base import Generator
 from generation.devices import resolve_device
+from generation.models import DIFFSTYLE_MODEL
 from generation.registry import register_generator
 from generation.synthetic_set import SyntheticSet
 
 # The ADM ImageNet 256x256 unconditional model that SWSA used, converted to diffusers (hub; not checked here).
-DEFAULT_MODEL = "xutongda/adm_imagenet_256x256_unconditional"
 REFERENCE_STEPS = 1000  # the scale of t_edit and t_boost
 
 
@@ -48,7 +48,7 @@ class DiffStyle(Generator):
     name = "diffstyle"
     RUNTIME_OPTIONS = ("device", "batch_size", "cache_dir")  # change how, not what, is generated
 
-    def __init__(self, *, model: str = DEFAULT_MODEL, steps: int = 50, gamma: float = 0.7, t_edit: int = 400,
+    def __init__(self, *, model: str = DIFFSTYLE_MODEL, steps: int = 50, gamma: float = 0.7, t_edit: int = 400,
                  t_boost: int = 200, boost: bool = True, device: str = "auto", batch_size: int = 8,
                  cache_dir: str | None = None):
         if not isinstance(steps, int) or steps < 2:
@@ -91,7 +91,7 @@ class DiffStyle(Generator):
         inversions = dict(zip(needed, self.invert([normal_images[i] for i in needed])))
 
         images = []
-        for start in tqdm(range(0, n, self.batch_size), desc="DiffStyle generation", unit="batch"):
+        for start in progress(range(0, n, self.batch_size), desc="DiffStyle generation", unit="batch"):
             batch = chosen[start:start + self.batch_size]
             generated = diffusion.generate(
                 noise=torch.stack([inversions[style].noise for style, _ in batch]),
@@ -116,7 +116,7 @@ class DiffStyle(Generator):
         diffusion = self.diffusion()
         keys = [self._cache_key(image) for image in images]
         missing = [i for i, key in enumerate(keys) if self._cached(key) is None]
-        for start in tqdm(range(0, len(missing), self.batch_size), desc="DiffStyle inversion", unit="batch"):
+        for start in progress(range(0, len(missing), self.batch_size), desc="DiffStyle inversion", unit="batch"):
             batch = missing[start:start + self.batch_size]
             for i, inversion in zip(batch, diffusion.invert([images[i] for i in batch])):
                 self._store(keys[i], inversion)

@@ -1,8 +1,10 @@
 """Candidates: a detector plus its hyper-parameters. A candidate's name is its identity in MLflow and Optuna."""
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-from detectors import DeepKNN, FeatureCache
+if TYPE_CHECKING:  # the detectors bring torch: imported where a detector is built
+    from detectors import DeepKNN, FeatureCache
 
 OFFLINE_BACKBONES = ("mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 PIXEL_CONTROLS = ("pixels_16", "pixels_32")
@@ -33,7 +35,9 @@ class Candidate:
     def params(self) -> dict:
         return {"detector": "deep_knn", **asdict(self)}
 
-    def detector(self, features: FeatureCache) -> DeepKNN:
+    def detector(self, features: "FeatureCache") -> "DeepKNN":
+        from detectors import DeepKNN
+
         return DeepKNN(backbone=self.backbone, weights=self.weights, layer=self.layer,
                        pooling=self.pooling, k=self.k, normalize=self.normalize, features=features)
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import rankdata
 
 DEFAULT_CONFIDENCE = 0.95
 N_BOOTSTRAP = 1000
@@ -111,6 +110,8 @@ def bootstrap_beats(labels: dict[str, np.ndarray], first: dict[str, np.ndarray],
 
 def _auroc_rows(scores: np.ndarray, n_normals: int) -> np.ndarray:
     """AUROC of each row of `scores`, whose first `n_normals` columns are normals (Mann-Whitney, ties halved)."""
+    from scipy.stats import rankdata  # scipy.stats takes a second to import: only where it is used
+
     ranks = rankdata(scores, axis=1)
     n_anomalies = scores.shape[1] - n_normals
     anomaly_rank_sum = ranks[:, n_normals:].sum(axis=1)

@@ -16,8 +16,8 @@ import urllib.request
 from collections.abc import Collection, Iterable
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from tqdm.auto import tqdm
 
+from compat.progress import progress
 from selection.tasks import resolve_data_root
 
 # The archive as anomalib's MVTec AD datamodule lists it (open-edge-platform/anomalib,
@@ -71,10 +71,10 @@ def download(url: str, path: str | Path) -> None:
     try:
         with urllib.request.urlopen(url) as response, open(partial, "wb") as file:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=path.name) as progress:
+            with progress(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=path.name) as bar:
                 while chunk := response.read(CHUNK_BYTES):
                     file.write(chunk)
-                    progress.update(len(chunk))
+                    bar.update(len(chunk))
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from compat.progress import progress
 from detectors import DeepKNN, FeatureCache, ScoreEnsemble, load_rgb
 from selection.candidates import Candidate, EnsembleCandidate
 from selection.scoring import auroc, require_two_classes
@@ -52,7 +52,7 @@ def gather_evidence(config) -> Evidence:
             heldout_paths=[task.support[i] for i in split.heldout],
             n_anomalies=config.n_anomalies, seed=config.seed, generator_params=_generator_params(config, task, generator),
         )
-        for generator in tqdm(config.generators, desc="synthetic validation sets")
+        for generator in progress(config.generators, desc="synthetic validation sets")
     ]
     for validation_set in validation_sets:
         require_two_classes(validation_set.labels, f"synthetic set {validation_set.generator}")
@@ -151,7 +151,7 @@ def check_candidates(candidates: list[Candidate], features: FeatureCache) -> Non
 
 
 def _load_images(paths, description: str) -> list[np.ndarray]:
-    return [_read_only(load_rgb(path)) for path in tqdm(paths, desc=description)]
+    return [_read_only(load_rgb(path)) for path in progress(paths, desc=description)]
 
 
 def _read_only(image: np.ndarray) -> np.ndarray:

@@ -1,60 +1,23 @@
 """SWSA end to end: task -> split -> synthetic validation sets -> candidates scored -> pick -> MLflow."""
 
-import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
+from compat.progress import progress
 from detectors import FeatureCache
 from selection import registry, tracking
-from selection.candidates import (LAYERS, OFFLINE_BACKBONES, Candidate, EnsembleCandidate, default_candidates,
-                                  ensemble_candidate)
-from selection.confidence import DEFAULT_CONFIDENCE, Decision, decide, load_calibration
-from selection.evidence import (ScoredCandidate, check_candidates, evidence_digest, gather_evidence, score_candidate,
-                                score_ensemble)
+from selection.candidates import Candidate, EnsembleCandidate, ensemble_candidate
+from selection.config import SelectionConfig
+from selection.confidence import Decision, decide, load_calibration
+from selection.report import Report
+from selection.evidence import ScoredCandidate, check_candidates, gather_evidence, score_candidate, score_ensemble
 from selection.scoring import RankingComparison, compare_rankings
 from selection.tasks import Task
 from selection.validation_set import ValidationSet
 
 MEAN = "mean"  # the combined synthetic score: mean AUROC over the generators' sets
-
-
-@dataclass
-class SelectionConfig:
-    task: str = "elpv"
-    data_root: str | None = None
-    generators: tuple[str, ...] = ("cutpaste", "perlin", "nsa")
-    diffusion_model: str | None = None  # DiffStyle's UNet: hub id or local directory (default: its own)
-    diffusion_steps: int = 50
-    sd_model: str | None = None  # CUT's Stable Diffusion: hub id or local directory (default: its own)
-    anomalies: tuple[str, ...] = ("damaged",)  # CUT's anomaly words or phrases, used in turn
-    object_name: str | None = None  # CUT's {cls} (default: from the task name)
-    generator_options: dict = field(default_factory=dict)  # generator -> {parameter: value}, applied last
-    ensemble: str = "last"  # which candidates also join a score ensemble, ranked as one more candidate
-    prior: str | None = None  # kept without strong evidence (default: the ensemble, else the largest pretrained)
-    confidence: float = DEFAULT_CONFIDENCE  # (calibrated) probability the winner needs to overrule the prior
-    backbones: tuple[str, ...] = OFFLINE_BACKBONES
-    layers: tuple[str, ...] = LAYERS
-    k: int = 3
-    controls: bool = True
-    seed: int = 0
-    n_seed: int = 20
-    n_anomalies: int = 100
-    heldout_fraction: float = 0.2
-    max_support: int | None = None
-    max_validation: int | None = None
-    tracking_uri: str | None = None
-    experiment: str = "anomaly-selection"
-    model_name: str | None = None
-    register: bool = True
-    store: str = "mlruns/synthetic"
-    feature_dir: str | None = "mlruns/features"  # pooled features kept on disk for later runs; None: memory only
-    device: str = "cpu"
-
-    def candidates(self) -> list[Candidate]:
-        return default_candidates(self.backbones, self.layers, self.k, self.controls)
 
 
 @dataclass
@@ -84,7 +47,7 @@ def run_selection(config: SelectionConfig) -> SelectionResult:
     evidence = gather_evidence(config)
 
     scored = {candidate.name: score_candidate(candidate, evidence, features)
-              for candidate in tqdm(candidates, desc="candidates")}
+              for candidate in progress(candidates, desc="candidates")}
     if ensemble:
         scored[ensemble.name] = score_ensemble(ensemble, scored, evidence, features)
     leaderboard = _rank(pd.DataFrame([item.row for item in scored.values()]))
@@ -158,10 +121,6 @@ def _compare(leaderboard: pd.DataFrame, validation_sets, baseline: Candidate | N
     }
 
 
-def default_model_name(task: str) -> str:
-    return "anomaly-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", task).strip("-")
-
-
 def _record(config: SelectionConfig, result: SelectionResult, by_name: dict[str, Candidate], picked_detector) -> None:
     """Write everything to MLflow only once all scoring succeeded, so a failure records nothing partial."""
     tracking.configure(config.tracking_uri, config.experiment)
@@ -175,24 +134,26 @@ def _record(config: SelectionConfig, result: SelectionResult, by_name: dict[str,
             tracking.log_candidate(result.task.name, candidate.name, candidate.params,
                                    {c: float(row[c]) for c in metric_columns}, result.validation_sets,
                                    candidate.is_control)
-        summary, tags = _summary(result)
-        tracking.log_summary(result.leaderboard, summary, tags, format_report(result))
-        if config.register:
-            chosen = result.leaderboard.set_index("candidate").loc[result.pick.name]
-            decision = result.decision
-            evidence = {"candidate": result.pick.name, "task": result.task.name,
-                        "synthetic_auroc": float(chosen["synthetic_auroc"]),
-                        "dataset_digest": evidence_digest(result.validation_sets),
-                        "synthetic_winner": decision.winner, "prior": decision.prior or "none",
-                        "confidence_over_prior": "n/a" if decision.confidence is None else decision.confidence,
-                        "calibrated_confidence": ("n/a" if decision.calibrated_confidence is None
-                                                  else decision.calibrated_confidence),
-                        "confidence_threshold": decision.threshold, "decision": decision.reason}
-            if result.comparisons:
-                main = result.comparisons.get(MEAN) or next(iter(result.comparisons.values()))
-                evidence.update(real_auroc=float(chosen["real_auroc"]), kendall_tau=main.tau, kendall_p=main.p_value)
-            result.promotion = registry.register_and_promote(
-                config.model_name or default_model_name(result.task.name), picked_detector, evidence)
+        metrics, tags = _summary(result)
+        summary = tracking.Summary(result.leaderboard, metrics, tags, selection_report(result))
+        pick = _pick(result, picked_detector) if config.register else None
+        result.promotion = registry.record_and_promote(result.task.name, result.validation_sets, summary, pick,
+                                                       config.model_name)
+
+
+def _pick(result: SelectionResult, detector) -> registry.Pick:
+    chosen = result.leaderboard.set_index("candidate").loc[result.pick.name]
+    decision = result.decision
+    evidence = {"synthetic_winner": decision.winner, "prior": decision.prior or "none",
+                "confidence_over_prior": "n/a" if decision.confidence is None else decision.confidence,
+                "calibrated_confidence": ("n/a" if decision.calibrated_confidence is None
+                                          else decision.calibrated_confidence),
+                "confidence_threshold": decision.threshold, "decision": decision.reason}
+    if result.comparisons:
+        main = result.comparisons.get(MEAN) or next(iter(result.comparisons.values()))
+        evidence.update(kendall_tau=main.tau, kendall_p=main.p_value)
+    return registry.Pick(result.pick.name, detector, float(chosen["synthetic_auroc"]),
+                         float(chosen["real_auroc"]) if result.comparisons else None, evidence)
 
 
 def _summary(result: SelectionResult) -> tuple[dict[str, float], dict[str, str]]:
@@ -240,12 +201,16 @@ def _tau_text(tau: float, p_value: float) -> str:
 
 
 def format_report(result: SelectionResult) -> str:
-    """The leaderboard and the selection's verdict as plain text (also logged as leaderboard.md)."""
+    """The leaderboard and the selection's verdict as plain text."""
+    return selection_report(result).text()
+
+
+def selection_report(result: SelectionResult) -> Report:
+    """The leaderboard and the selection's verdict (logged as leaderboard.md, in Markdown)."""
     table = result.leaderboard.copy()
     table["control"] = table["control"].map({True: "control", False: ""})
     table["ensemble"] = table["ensemble"].map({True: "ensemble", False: ""})
-    lines = [f"Task {result.task.name}: {len(table)} candidates", "",
-             table.to_string(index=False, float_format=lambda v: f"{v:.4f}"), ""]
+    lines = []
     for vs in result.validation_sets:
         lines.append(f"synthetic set {vs.generator}: {len(vs.labels) - vs.n_anomalies} held-out normals + "
                      f"{vs.n_anomalies} anomalies, digest {vs.digest} ({'reused' if vs.reused else 'generated'}; "
@@ -273,4 +238,4 @@ def format_report(result: SelectionResult) -> str:
     elif not result.comparisons:
         lines.append("no real labelled validation set: real AUROC, tau and regret are not available")
     lines += [f"WARNING: {w}" for w in result.warnings]
-    return "\n".join(lines)
+    return Report(f"Task {result.task.name}: {len(table)} candidates", table, lines)

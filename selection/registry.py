@@ -5,9 +5,10 @@ evidence (same digest); otherwise the new version is the `challenger`. Version t
 """
 
 import logging
+import re
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -18,6 +19,9 @@ import compat
 import detectors
 from detectors import DeepKNN, ScoreEnsemble
 from detectors.bundle import save_bundle
+from selection import tracking
+from selection.evidence import evidence_digest
+from selection.validation_set import ValidationSet
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -31,6 +35,34 @@ class Promotion:
 
     def __str__(self) -> str:
         return f"registered {self.model_name} v{self.version} as @{self.alias}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Pick:
+    """What a selection or a search chose, with its evidence; `detector` is fitted on the normal bank."""
+    candidate: str
+    detector: DeepKNN | ScoreEnsemble
+    synthetic_auroc: float
+    real_auroc: float | None = None
+    evidence: dict = field(default_factory=dict)  # tagged on the model version beside the common evidence
+
+
+def default_model_name(task: str) -> str:
+    return "anomaly-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", task).strip("-")
+
+
+def record_and_promote(task: str, validation_sets: list[ValidationSet], summary: tracking.Summary,
+                       pick: Pick | None, model_name: str | None) -> Promotion | None:
+    """The end of a selection or a search, inside its parent run: the summary logged and, where there is a
+    pick, it registered as `model_name` (default anomaly-<task>) and promoted on its evidence."""
+    tracking.log_summary(summary)
+    if pick is None:
+        return None
+    evidence = {"candidate": pick.candidate, "task": task, "synthetic_auroc": pick.synthetic_auroc,
+                "dataset_digest": evidence_digest(validation_sets)}
+    if pick.real_auroc is not None:
+        evidence["real_auroc"] = pick.real_auroc
+    return register_and_promote(model_name or default_model_name(task), pick.detector, {**evidence, **pick.evidence})
 
 
 def register_and_promote(model_name: str, detector: DeepKNN | ScoreEnsemble,

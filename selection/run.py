@@ -5,13 +5,11 @@ import json
 import sys
 
 from generation import list_generators
-from generation.cut import DEFAULT_MODEL as CUT_DEFAULT_MODEL
-from generation.diffstyle import DEFAULT_MODEL as DIFFSTYLE_DEFAULT_MODEL
+from generation.models import CUT_MODEL, DIFFSTYLE_MODEL
 from selection.candidates import ENSEMBLES, LAYERS, OFFLINE_BACKBONES
+from selection.config import DEFAULT_TRACKING_URI, SelectionConfig
 from selection.confidence import DEFAULT_CONFIDENCE
-from selection.pipeline import SelectionConfig, format_report, run_selection
 from selection.tasks import available_task_kinds
-from selection.tracking import DEFAULT_TRACKING_URI
 
 DEFAULT_TASK = "elpv"  # installs from PyPI, so the default run works offline
 DEFAULT_TASK_LIMITS = {"max_support": 240, "max_validation": 200}  # keeps the default run to a few minutes
@@ -31,10 +29,10 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated, from: {', '.join(list_generators())} "
                              f"(default {','.join(SelectionConfig.generators)})")
     parser.add_argument("--diffusion-model", help="DiffStyle's unconditional diffusers UNet2DModel: a hub id or a "
-                                                  f"local directory (default {DIFFSTYLE_DEFAULT_MODEL})")
+                                                  f"local directory (default {DIFFSTYLE_MODEL})")
     parser.add_argument("--diffusion-steps", type=int, default=50, help="DiffStyle's DDIM steps (default 50)")
     parser.add_argument("--sd-model", help="CUT's Stable Diffusion 1.x: a hub id or a local directory with the diffusers "
-                                           f"layout (default {CUT_DEFAULT_MODEL})")
+                                           f"layout (default {CUT_MODEL})")
     parser.add_argument("--anomaly", dest="anomalies", type=_csv, default=("damaged",),
                         help="CUT's anomaly words or phrases, comma-separated, used in turn (default damaged)")
     parser.add_argument("--object-name", help="what CUT's prompt calls the object (default: from the task)")
@@ -113,6 +111,8 @@ def parse_args(argv=None) -> SelectionConfig:
 
 def main(argv=None) -> int:
     config = parse_args(argv)
+    from selection.pipeline import format_report, run_selection  # torch and MLflow: once the arguments are good
+
     try:
         result = run_selection(config)
     except (ValueError, FileNotFoundError) as error:

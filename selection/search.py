@@ -4,12 +4,9 @@ synthetic validation set, with its trials in MLflow and the best one promoted li
 import argparse
 import sys
 
-import optuna
-
+from selection.config import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, SearchConfig
 from selection.run import add_selection_arguments, selection_config
 from selection.search_space import list_search_spaces
-from selection.study import DEFAULT_STORAGE, SearchConfig, format_search_report, run_search
-from selection.tracking import DEFAULT_TRACKING_URI
 
 
 def parse_args(argv=None) -> SearchConfig:
@@ -37,6 +34,10 @@ def parse_args(argv=None) -> SearchConfig:
 
 def main(argv=None) -> int:
     config = parse_args(argv)
+    import optuna  # with torch and MLflow: once the arguments are good
+
+    from selection.study import format_search_report, run_search
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and the report say it all
     try:
         result = run_search(config)

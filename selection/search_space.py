@@ -3,12 +3,12 @@
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import optuna
-
-from detectors.features import POOLINGS
-from detectors.knn import NORMALIZATIONS
 from selection.candidates import Candidate
+
+if TYPE_CHECKING:
+    import optuna
 
 MAX_K = 20
 
@@ -23,7 +23,7 @@ class SpaceBounds:
     bank_size: int
 
 
-SearchSpace = Callable[[optuna.Trial, SpaceBounds], Candidate]
+SearchSpace = Callable[["optuna.Trial", SpaceBounds], Candidate]
 _SPACES: dict[str, SearchSpace] = {}
 
 
@@ -47,8 +47,11 @@ def list_search_spaces() -> list[str]:
 
 
 @search_space("knn")
-def knn_space(trial: optuna.Trial, bounds: SpaceBounds) -> Candidate:
+def knn_space(trial: "optuna.Trial", bounds: SpaceBounds) -> Candidate:
     """Deep kNN on pretrained backbones: backbone, layer, pooling, k (log scale) and feature normalisation."""
+    from detectors.features import POOLINGS
+    from detectors.knn import NORMALIZATIONS
+
     return Candidate(
         backbone=trial.suggest_categorical("backbone", bounds.backbones),
         weights="imagenet",

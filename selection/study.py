@@ -13,45 +13,29 @@ import socket
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import mlflow
 import optuna
 import pandas as pd
 import torch
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
-from tqdm.auto import tqdm
 
+from compat.progress import progress
 from detectors import FeatureCache
 from selection import registry, tracking
 from selection.candidates import Candidate
 from selection.evidence import Evidence, check_candidates, evidence_digest, gather_evidence, score_candidate
-from selection.pipeline import SelectionConfig, default_model_name
+from selection.config import SearchConfig
 from selection.scoring import RankingComparison, compare_rankings
+from selection.report import Report
 from selection.search_space import SpaceBounds, get_search_space
 
-DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 RUN_ID_ATTR = "mlflow_run_id"
 DIGEST_ATTR = "evidence_digest"
 # selection settings a search does not use (its trials choose k; it ranks no controls, ensembles or prior)
 _NOT_SEARCH_PARAMS = ("tracking_uri", "store", "feature_dir", "k", "controls", "ensemble", "prior", "confidence")
-
-
-@dataclass
-class SearchConfig:
-    selection: SelectionConfig = field(default_factory=SelectionConfig)
-    space: str = "knn"
-    n_trials: int = 50
-    workers: int = 1
-    storage: str | None = None  # an SQLAlchemy URL; default DEFAULT_STORAGE
-    study_name: str | None = None  # default: task, space and the synthetic evidence's digest
-    heartbeat_seconds: int = 10  # a trial without a heartbeat for 3x this long is marked failed
-
-    @property
-    def storage_url(self) -> str:
-        return self.storage or DEFAULT_STORAGE
 
 
 @dataclass
@@ -82,9 +66,9 @@ def run_search(config: SearchConfig) -> SearchResult:
 
     if config.workers == 1:
         objective = TrialObjective(config, evidence, features, run_id)
-        with tqdm(total=config.n_trials, initial=completed_before, desc="trials") as progress:
+        with progress(total=config.n_trials, initial=completed_before, desc="trials") as bar:
             work(study, objective, config.n_trials, config.heartbeat_seconds,
-                 on_trial=lambda _study, _trial: progress.update(_count(study, TrialState.COMPLETE) - progress.n))
+                 on_trial=lambda _study, _trial: bar.update(_count(study, TrialState.COMPLETE) - bar.n))
         failures = []
     else:
         failures = _run_worker_processes(config, study, run_id, completed_before)
@@ -181,14 +165,18 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
 
 
 def format_search_report(result: SearchResult) -> str:
+    return search_report(result).text()
+
+
+def search_report(result: SearchResult) -> Report:
+    """The top ten distinct candidates and the best trial (logged as trials.md, in Markdown)."""
     distinct = result.trials.drop_duplicates("candidate")  # the sampler revisits good configurations
     table = distinct.drop(columns=["worker", "seconds"]).head(10).assign(
         trials=lambda t: t["candidate"].map(result.trials["candidate"].value_counts()))
     best = result.trials.iloc[0]
-    lines = [f"Study {result.study_name}: {len(result.trials)} completed trials ({result.new_trials} new) of "
-             f"{len(distinct)} distinct candidates; the top 10:", "",
-             table.to_string(index=False, float_format=lambda v: f"{v:.4f}"), "",
-             f"best: trial {result.best_trial} {result.best.name}: synthetic AUROC {best['synthetic_auroc']:.4f}"
+    title = (f"Study {result.study_name}: {len(result.trials)} completed trials ({result.new_trials} new) of "
+             f"{len(distinct)} distinct candidates; the top 10:")
+    lines = [f"best: trial {result.best_trial} {result.best.name}: synthetic AUROC {best['synthetic_auroc']:.4f}"
              + (f", real AUROC {best['real_auroc']:.4f}" if "real_auroc" in best else "")]
     if result.comparison:
         c = result.comparison
@@ -196,7 +184,7 @@ def format_search_report(result: SearchResult) -> str:
                      f"{c.tau:.3f} (p={c.p_value:.2g}); oracle {c.oracle} {c.oracle_real_auroc:.4f}; "
                      f"regret {c.regret:.4f}")
     lines += [f"WARNING: {failure}" for failure in result.worker_failures]
-    return "\n".join(lines)
+    return Report(title, table, lines)
 
 
 def _open_study(config: SearchConfig, evidence: Evidence) -> tuple[optuna.Study, str]:
@@ -216,11 +204,12 @@ def _open_study(config: SearchConfig, evidence: Evidence) -> tuple[optuna.Study,
     params = {"space": config.space, "n_trials": config.n_trials, "study": name,
               **{k: ",".join(v) if isinstance(v, tuple) else v for k, v in asdict(config.selection).items()
                  if k not in _NOT_SEARCH_PARAMS}}
-    with tracking.parent_run(evidence.task.name, "search", params, evidence.validation_sets) as run:
-        mlflow.set_tags({"optuna.study": name, "optuna.storage": _display_url(config.storage_url)})
+    tags = {"optuna.study": name, "optuna.storage": _display_url(config.storage_url)}
+    with tracking.parent_run(evidence.task.name, "search", params, evidence.validation_sets, tags) as run:
+        run_id = run.info.run_id  # the trials and the summary join it later
     study.set_user_attr(DIGEST_ATTR, digest)
-    study.set_user_attr(RUN_ID_ATTR, run.info.run_id)
-    return study, run.info.run_id
+    study.set_user_attr(RUN_ID_ATTR, run_id)
+    return study, run_id
 
 
 def _wait_for_run_id(study: optuna.Study, timeout_seconds: float = 120) -> str:
@@ -248,13 +237,16 @@ def _run_worker_processes(config: SearchConfig, study: optuna.Study, run_id: str
     processes = [context.Process(target=_worker_main, name=f"search-worker-{i}",
                                  args=(_WorkerJob(config, study.study_name, run_id, i, threads),))
                  for i in range(config.workers)]
-    with _environment(TQDM_DISABLE="1"):  # a spawned worker reads it at import: only the launcher shows progress
+    # A spawned worker reads these as it imports: only the launcher shows progress, and each worker's numpy,
+    # scikit-learn and torch thread pools get its share of the cores instead of all of them each.
+    thread_limits = {name: str(threads) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    with _environment(TQDM_DISABLE="1", **thread_limits):
         for process in processes:
             process.start()
-    with tqdm(total=config.n_trials, initial=completed_before, desc=f"trials ({config.workers} workers)") as progress:
+    with progress(total=config.n_trials, initial=completed_before, desc=f"trials ({config.workers} workers)") as bar:
         while any(process.is_alive() for process in processes):
             time.sleep(1)
-            progress.update(_count(study, TrialState.COMPLETE) - progress.n)
+            bar.update(_count(study, TrialState.COMPLETE) - bar.n)
     return [f"worker {p.name} (pid {p.pid}) exited with code {p.exitcode}; its trial, if any, was marked failed"
             for p in processes if p.exitcode != 0]
 
@@ -319,22 +311,20 @@ def _record(config: SearchConfig, result: SearchResult, evidence: Evidence, feat
     """The study's summary into its MLflow run and, if this invocation completed trials, the best one
     through the registry's champion/challenger promotion."""
     best = result.trials.iloc[0]
+    real_auroc = float(best["real_auroc"]) if "real_auroc" in best else None
     metrics = {"best_synthetic_auroc": float(best["synthetic_auroc"]), "completed_trials": float(len(result.trials))}
-    if "real_auroc" in best:
-        metrics["best_real_auroc"] = float(best["real_auroc"])
+    if real_auroc is not None:
+        metrics["best_real_auroc"] = real_auroc
     if result.comparison:
         metrics.update(kendall_tau=result.comparison.tau, kendall_p=result.comparison.p_value,
                        regret=result.comparison.regret)
-    with mlflow.start_run(run_id=result.run_id):
-        tracking.log_summary(result.trials, metrics, {"best": result.best.name, "best_trial": str(result.best_trial)},
-                             format_search_report(result), name="trials")
-        if config.selection.register and result.new_trials:
-            detector = result.best.detector(features).fit(evidence.bank)
-            promotion_evidence = {"candidate": result.best.name, "task": evidence.task.name,
-                                  "synthetic_auroc": float(best["synthetic_auroc"]),
-                                  "dataset_digest": evidence_digest(evidence.validation_sets),
-                                  "optuna_study": result.study_name, "optuna_trial": result.best_trial}
-            if "real_auroc" in best:
-                promotion_evidence["real_auroc"] = float(best["real_auroc"])
-            result.promotion = registry.register_and_promote(
-                config.selection.model_name or default_model_name(evidence.task.name), detector, promotion_evidence)
+    summary = tracking.Summary(result.trials, metrics, {"best": result.best.name, "best_trial": str(result.best_trial)},
+                               search_report(result), name="trials")
+    pick = None
+    if config.selection.register and result.new_trials:
+        pick = registry.Pick(result.best.name, result.best.detector(features).fit(evidence.bank),
+                             float(best["synthetic_auroc"]), real_auroc,
+                             {"optuna_study": result.study_name, "optuna_trial": result.best_trial})
+    with tracking.resumed_run(result.run_id):
+        result.promotion = registry.record_and_promote(evidence.task.name, evidence.validation_sets, summary, pick,
+                                                       config.selection.model_name)

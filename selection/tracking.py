@@ -6,6 +6,7 @@ import tempfile
 import time
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -14,9 +15,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 
+from selection.config import DEFAULT_TRACKING_URI
+from selection.report import Report
 from selection.validation_set import ValidationSet
-
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 
 
 def configure(tracking_uri: str | None, experiment: str) -> str:
@@ -53,11 +54,12 @@ def log_validation_input(validation_set: ValidationSet, task: str) -> None:
 
 
 @contextmanager
-def parent_run(task: str, kind: str, params: dict, validation_sets: list[ValidationSet]):
+def parent_run(task: str, kind: str, params: dict, validation_sets: list[ValidationSet],
+               tags: dict[str, str] | None = None):
     """The parent run of one selection or search (`kind`); the validation sets are logged as its inputs."""
     with mlflow.start_run(run_name=f"{'select' if kind == 'selection' else kind} {task}") as run:
         mlflow.log_params(params)
-        mlflow.set_tags({"task": task, "kind": kind})
+        mlflow.set_tags({"task": task, "kind": kind, **(tags or {})})
         for validation_set in validation_sets:
             log_validation_input(validation_set, task)
             mlflow.log_artifact(str(validation_set.directory / "generation.json"),
@@ -82,14 +84,30 @@ def log_candidate(task: str, name: str, params: dict, metrics: dict[str, float],
         return run.info.run_id
 
 
-def log_summary(table: pd.DataFrame, metrics: dict[str, float], tags: dict[str, str], report: str,
-                name: str = "leaderboard") -> None:
-    """Into the active run: summary metrics and tags, and `table` as `<name>.csv` with `report` as `<name>.md`."""
-    mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})
-    mlflow.set_tags(tags)
+@contextmanager
+def resumed_run(run_id: str):
+    """The run `run_id` active again (a search's parent run, once its workers are done)."""
+    with mlflow.start_run(run_id=run_id) as run:
+        yield run
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The outcome of a selection or search: `table` logged as `<name>.csv` and `report` as `<name>.md`."""
+    table: pd.DataFrame
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    report: Report
+    name: str = "leaderboard"
+
+
+def log_summary(summary: Summary) -> None:
+    """Into the active run: the summary's metrics (NaN left out) and tags, its table and its report."""
+    mlflow.log_metrics({k: v for k, v in summary.metrics.items() if v == v})
+    mlflow.set_tags(summary.tags)
     with tempfile.TemporaryDirectory() as tmp:
-        table.to_csv(Path(tmp) / f"{name}.csv", index=False)
-        (Path(tmp) / f"{name}.md").write_text(report)
-        mlflow.log_artifact(str(Path(tmp) / f"{name}.csv"))
-        mlflow.log_artifact(str(Path(tmp) / f"{name}.md"))
-    mlflow.log_text(json.dumps(tags, indent=2), "summary.json")
+        summary.table.to_csv(Path(tmp) / f"{summary.name}.csv", index=False)
+        (Path(tmp) / f"{summary.name}.md").write_text(summary.report.markdown())
+        mlflow.log_artifact(str(Path(tmp) / f"{summary.name}.csv"))
+        mlflow.log_artifact(str(Path(tmp) / f"{summary.name}.md"))
+    mlflow.log_text(json.dumps(summary.tags, indent=2), "summary.json")

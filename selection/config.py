@@ -1,0 +1,67 @@
+"""What a selection and a search are asked to do, and the defaults: light to import, so that the command
+lines answer `--help` and argument errors before torch, MLflow or Optuna load."""
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from selection.candidates import LAYERS, OFFLINE_BACKBONES
+from selection.confidence import DEFAULT_CONFIDENCE
+
+if TYPE_CHECKING:
+    from selection.candidates import Candidate
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
+
+
+@dataclass
+class SelectionConfig:
+    task: str = "elpv"
+    data_root: str | None = None
+    generators: tuple[str, ...] = ("cutpaste", "perlin", "nsa")
+    diffusion_model: str | None = None  # DiffStyle's UNet: hub id or local directory (default: its own)
+    diffusion_steps: int = 50
+    sd_model: str | None = None  # CUT's Stable Diffusion: hub id or local directory (default: its own)
+    anomalies: tuple[str, ...] = ("damaged",)  # CUT's anomaly words or phrases, used in turn
+    object_name: str | None = None  # CUT's {cls} (default: from the task name)
+    generator_options: dict = field(default_factory=dict)  # generator -> {parameter: value}, applied last
+    ensemble: str = "last"  # which candidates also join a score ensemble, ranked as one more candidate
+    prior: str | None = None  # kept without strong evidence (default: the ensemble, else the largest pretrained)
+    confidence: float = DEFAULT_CONFIDENCE  # (calibrated) probability the winner needs to overrule the prior
+    backbones: tuple[str, ...] = OFFLINE_BACKBONES
+    layers: tuple[str, ...] = LAYERS
+    k: int = 3
+    controls: bool = True
+    seed: int = 0
+    n_seed: int = 20
+    n_anomalies: int = 100
+    heldout_fraction: float = 0.2
+    max_support: int | None = None
+    max_validation: int | None = None
+    tracking_uri: str | None = None
+    experiment: str = "anomaly-selection"
+    model_name: str | None = None
+    register: bool = True
+    store: str = "mlruns/synthetic"
+    feature_dir: str | None = "mlruns/features"  # pooled features kept on disk for later runs; None: memory only
+    device: str = "cpu"
+
+    def candidates(self) -> list["Candidate"]:
+        from selection.candidates import default_candidates
+
+        return default_candidates(self.backbones, self.layers, self.k, self.controls)
+
+
+@dataclass
+class SearchConfig:
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    space: str = "knn"
+    n_trials: int = 50
+    workers: int = 1
+    storage: str | None = None  # an SQLAlchemy URL; default DEFAULT_STORAGE
+    study_name: str | None = None  # default: task, space and the synthetic evidence's digest
+    heartbeat_seconds: int = 10  # a trial without a heartbeat for 3x this long is marked failed
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or DEFAULT_STORAGE
