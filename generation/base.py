@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from generation import options
 from generation.synthetic_set import SyntheticSet, request_digest
 
 
@@ -59,10 +60,8 @@ def check_one_size(normal_images: Sequence[np.ndarray], min_side: int, generator
 
 def _check_request(normal_images: Sequence[np.ndarray], n: int, seed: int) -> None:
     """Raise a short ValueError naming the first bad argument of a generation request."""
-    if not is_int(n) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    if not is_int(seed) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    options.integer("n", n, minimum=1)
+    options.integer("seed", seed, minimum=0)
     if len(normal_images) == 0:
         raise ValueError("normal_images is empty: a generator needs at least one normal image")
     for index, image in enumerate(normal_images):
@@ -70,7 +69,3 @@ def _check_request(normal_images: Sequence[np.ndarray], n: int, seed: int) -> No
             found = (f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray)
                      else type(image).__name__)
             raise ValueError(f"normal_images[{index}] must be a uint8 (H, W, 3) RGB array, got a {found}")
-
-
-def is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

@@ -17,16 +17,16 @@ again, source image included; after `max_attempts` rejections in a row the gener
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from generation import options
 from generation.base import Generator
 from generation.color_jitter import apply_jitter, draw_jitter
 from generation.registry import register_generator
 from generation.synthetic_set import SyntheticSet
-from generation.visibility import changed_pixels, required_changed_pixels
+from generation.visibility import changed_pixels, generate_visible, rule_options
 
 VARIANTS = ("normal", "scar", "union")
 REFERENCE_SIDE = 256  # the image side that sizes and `min_changed_pixels` are given for
@@ -43,50 +43,23 @@ class CutPaste(Generator):
                  aspect_ratio: float = 0.3, scar_width: tuple[float, float] = (2.0, 16.0),
                  scar_height: tuple[float, float] = (10.0, 25.0), scar_angle: float = 45.0, jitter: float = 0.1,
                  min_changed_pixels: int = 20, min_change: float = 25.0, max_attempts: int = 50):
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-        self.variant = variant
-        self.area_ratio = _interval("area_ratio", area_ratio, high=1.0)
-        self.aspect_ratio = _number("aspect_ratio", aspect_ratio, 0.0, 1.0, "in (0, 1]; the ratio is log-uniform "
-                                    "in [aspect_ratio, 1 / aspect_ratio]")
-        self.scar_width = _interval("scar_width", scar_width)
-        self.scar_height = _interval("scar_height", scar_height)
-        self.scar_angle = _number("scar_angle", scar_angle, 0.0, 90.0, "in [0, 90] degrees", low_inclusive=True)
-        self.jitter = _number("jitter", jitter, 0.0, 0.5, "in [0, 0.5]", low_inclusive=True)
-        self.min_changed_pixels = _count("min_changed_pixels", min_changed_pixels, minimum=0)
-        self.min_change = _number("min_change", min_change, 0.0, 254.0, "in [0, 254] levels", low_inclusive=True)
-        self.max_attempts = _count("max_attempts", max_attempts, minimum=1)
+        self.variant = options.choice("variant", variant, VARIANTS)
+        self.area_ratio = options.interval("area_ratio", area_ratio, high=1.0)
+        self.aspect_ratio = options.number("aspect_ratio", aspect_ratio, 0, 1, low_open=True)
+        self.scar_width = options.interval("scar_width", scar_width)
+        self.scar_height = options.interval("scar_height", scar_height)
+        self.scar_angle = options.number("scar_angle", scar_angle, 0, 90)
+        self.jitter = options.number("jitter", jitter, 0, 0.5)
+        self.min_changed_pixels, self.min_change, self.max_attempts = rule_options(
+            min_changed_pixels, min_change, max_attempts)
 
     def generate(self, normal_images: Sequence[np.ndarray], n: int, seed: int) -> SyntheticSet:
-        digest = self.digest(normal_images, n, seed)
-        rng = np.random.default_rng(seed)
+        return generate_visible(self, normal_images, n, seed, self._draw, kinds=self._variants, allow_unchanged=True)
+
+    def _variants(self, rng: np.random.Generator, n: int) -> list[str]:
         if self.variant == "union":
-            variants = [("normal", "scar")[i] for i in rng.integers(2, size=n)]
-        else:
-            variants = [self.variant] * n
-        images, masks, sources, sample_params = [], [], [], []
-        rejected = 0
-        for index, variant in enumerate(variants):
-            for _ in range(self.max_attempts):
-                source = int(rng.integers(len(normal_images)))
-                draw = self._draw(rng, normal_images[source], variant)
-                if draw.changed_pixels >= required_changed_pixels(self.min_changed_pixels, normal_images[source]):
-                    break
-                rejected += 1
-            else:
-                raise ValueError(
-                    f"CutPaste found no visible {variant} patch for sample {index}: {self.max_attempts} draws in a "
-                    f"row changed fewer than {self.min_changed_pixels} pixels (at 256 x 256) by more than "
-                    f"{self.min_change:g} levels; the images are too uniform for this rule. Lower min_changed_pixels "
-                    f"or min_change, or pass min_changed_pixels=0 to switch the rule off")
-            image, mask = draw.paste(normal_images[source])
-            images.append(image)
-            masks.append(mask)
-            sources.append(source)
-            sample_params.append(draw.params)
-        return SyntheticSet(generator=self.name, params=self.get_params(), seed=int(seed), digest=digest,
-                            images=images, masks=masks, sources=sources, sample_params=sample_params,
-                            rejected=rejected)
+            return [("normal", "scar")[i] for i in rng.integers(2, size=n)]
+        return [self.variant] * n
 
     def _check_images(self, normal_images: Sequence[np.ndarray]) -> None:
         for index, image in enumerate(normal_images):
@@ -100,15 +73,21 @@ class CutPaste(Generator):
                 raise ValueError(f"normal_images[{index}] is {height}x{width} px: too small for rotated scars of up "
                                  f"to {largest_scar} px (scar sizes are given at 256 px and scale with the image)")
 
-    def _draw(self, rng: np.random.Generator, image: np.ndarray, variant: str) -> "_Draw":
+    def _draw(self, rng: np.random.Generator, normal_images: Sequence[np.ndarray], source: int,
+              variant: str) -> tuple[np.ndarray, np.ndarray, dict, int]:
+        image = normal_images[source]
         cut = self._cut_scar if variant == "scar" else self._cut_normal
         patch, footprint, params = cut(rng, image)
         height, width = footprint.shape
         target = _random_box(rng, image, width, height)
-        x, y = target["x"], target["y"]
         changed = changed_pixels(_crop(image, target), patch, self.min_change, where=footprint)
-        params = {"variant": variant, **params, "paste": {"x": x, "y": y}, "changed_pixels": changed}
-        return _Draw(patch, footprint, x, y, changed, params)
+        output = image.copy()
+        _crop(output, target)[footprint] = patch[footprint]
+        mask = np.zeros(image.shape[:2], dtype=np.float32)
+        _crop(mask, target)[:] = footprint
+        params = {"variant": variant, **params, "paste": {"x": target["x"], "y": target["y"]},
+                  "changed_pixels": changed}
+        return output, mask, params, changed
 
     def _cut_normal(self, rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
         height, width = image.shape[:2]
@@ -139,25 +118,6 @@ def _rotate_with_footprint(patch: np.ndarray, angle: float) -> tuple[np.ndarray,
     return rotated[:, :, :3], rotated[:, :, 3] > 0
 
 
-@dataclass(frozen=True)
-class _Draw:
-    patch: np.ndarray
-    footprint: np.ndarray
-    x: int
-    y: int
-    changed_pixels: int
-    params: dict
-
-    def paste(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`image` with the patch written over its footprint, and the footprint as a float32 mask."""
-        height, width = self.footprint.shape
-        output = image.copy()
-        output[self.y:self.y + height, self.x:self.x + width][self.footprint] = self.patch[self.footprint]
-        mask = np.zeros(image.shape[:2], dtype=np.float32)
-        mask[self.y:self.y + height, self.x:self.x + width] = self.footprint
-        return output, mask
-
-
 def _scale(image: np.ndarray) -> float:
     """Side of the square with the image's area, relative to the reference side."""
     return math.sqrt(image.shape[0] * image.shape[1]) / REFERENCE_SIDE
@@ -175,27 +135,3 @@ def _random_box(rng: np.random.Generator, image: np.ndarray, width: int, height:
 
 def _crop(image: np.ndarray, box: dict) -> np.ndarray:
     return image[box["y"]:box["y"] + box["height"], box["x"]:box["x"] + box["width"]]
-
-
-def _interval(name: str, value, high: float = math.inf) -> tuple[float, float]:
-    try:
-        low_end, high_end = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a pair (low, high) of numbers, got {value!r}") from None
-    if not 0 < low_end <= high_end <= high:
-        raise ValueError(f"{name} must satisfy 0 < low <= high <= {high:g}, got {value!r}")
-    return low_end, high_end
-
-
-def _number(name: str, value, low: float, high: float, expected: str, low_inclusive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a number {expected}, got {value!r}")
-    if not (low <= value if low_inclusive else low < value) or value > high:
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
-    return float(value)
-
-
-def _count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)

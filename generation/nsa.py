@@ -33,10 +33,11 @@ import scipy.sparse
 import scipy.sparse.linalg
 from PIL import Image
 
-from generation.base import Generator, check_one_size, is_int
+from generation import options
+from generation.base import Generator, check_one_size
 from generation.registry import register_generator
 from generation.synthetic_set import SyntheticSet
-from generation.visibility import changed_mask, generate_visible
+from generation.visibility import changed_mask, generate_visible, rule_options
 
 MIN_SIDE = 16  # px a side at least: below that a patch with its 1 px ring is a handful of pixels
 
@@ -94,23 +95,12 @@ class NSA(Generator):
     def __init__(self, *, area_ratio: tuple[float, float] = (0.01, 0.10), aspect_ratio: float = 0.3,
                  resize: tuple[float, float] = (0.7, 1.3), mixed: bool = False, min_changed_pixels: int = 20,
                  min_change: float = 25.0, max_attempts: int = 50):
-        self.area_ratio = _pair("area_ratio", area_ratio, high=1.0)
-        if not _is_number(aspect_ratio) or not 0 < aspect_ratio <= 1:
-            raise ValueError(f"aspect_ratio must lie in (0, 1], got {aspect_ratio!r}")
-        self.aspect_ratio = float(aspect_ratio)
-        self.resize = _pair("resize", resize)
-        if not isinstance(mixed, (bool, np.bool_)):
-            raise ValueError(f"mixed must be True or False, got {mixed!r}")
-        self.mixed = bool(mixed)
-        if not is_int(min_changed_pixels) or min_changed_pixels < 0:
-            raise ValueError(f"min_changed_pixels must be an integer >= 0, got {min_changed_pixels!r}")
-        self.min_changed_pixels = int(min_changed_pixels)
-        if not _is_number(min_change) or not 0 <= min_change <= 254:
-            raise ValueError(f"min_change must lie in [0, 254] levels, got {min_change!r}")
-        self.min_change = float(min_change)
-        if not is_int(max_attempts) or max_attempts < 1:
-            raise ValueError(f"max_attempts must be an integer >= 1, got {max_attempts!r}")
-        self.max_attempts = int(max_attempts)
+        self.area_ratio = options.interval("area_ratio", area_ratio, high=1.0)
+        self.aspect_ratio = options.number("aspect_ratio", aspect_ratio, 0, 1, low_open=True)
+        self.resize = options.interval("resize", resize)
+        self.mixed = options.flag("mixed", mixed)
+        self.min_changed_pixels, self.min_change, self.max_attempts = rule_options(
+            min_changed_pixels, min_change, max_attempts)
 
     def generate(self, normal_images: Sequence[np.ndarray], n: int, seed: int) -> SyntheticSet:
         return generate_visible(self, normal_images, n, seed, self._draw)
@@ -118,8 +108,8 @@ class NSA(Generator):
     def _check_images(self, normal_images: Sequence[np.ndarray]) -> None:
         check_one_size(normal_images, MIN_SIDE, "NSA")
 
-    def _draw(self, rng: np.random.Generator, normal_images: Sequence[np.ndarray],
-              destination: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    def _draw(self, rng: np.random.Generator, normal_images: Sequence[np.ndarray], destination: int,
+              kind: None) -> tuple[np.ndarray, np.ndarray, dict, int]:
         count = len(normal_images)
         source = 0
         if count > 1:  # any image but the destination
@@ -145,24 +135,9 @@ class NSA(Generator):
         image = base.copy()
         image[top:top + height, left:left + width] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
         mask = changed_mask(base, image, self.min_change)  # nothing outside the rectangle changed
+        changed = int(np.count_nonzero(mask))
         params = {"source": source,
                   "destination_box": {"x": left, "y": top, "width": width, "height": height},
                   "source_box": {"x": cut_x, "y": cut_y, "width": cut_width, "height": cut_height},
-                  "scale": scale, "mixed": self.mixed, "changed_pixels": int(np.count_nonzero(mask))}
-        return image, mask.astype(np.float32), params
-
-
-def _pair(name: str, value, high: float = math.inf) -> tuple[float, float]:
-    try:
-        low_end, high_end = value
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a pair (low, high) of numbers, got {value!r}") from None
-    if not (_is_number(low_end) and _is_number(high_end) and 0 < low_end <= high_end <= high):
-        raise ValueError(f"{name} must be numbers 0 < low <= high <= {high:g}, got {value!r}")
-    return float(low_end), float(high_end)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
-        and math.isfinite(value)
-
+                  "scale": scale, "mixed": self.mixed, "changed_pixels": changed}
+        return image, mask.astype(np.float32), params, changed

@@ -18,11 +18,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from generation import options
 from generation.base import Generator, check_one_size
 from generation.color_jitter import apply_jitter, draw_jitter
 from generation.registry import register_generator
 from generation.synthetic_set import SyntheticSet
-from generation.visibility import generate_visible
+from generation.visibility import changed_pixels, generate_visible, rule_options
 
 MIN_CELL = 4  # pixels per noise cell at least: finer lattices alias into salt-and-pepper noise
 
@@ -59,24 +60,12 @@ class Perlin(Generator):
     def __init__(self, *, scale_exponents: tuple[int, int] = (0, 6), threshold: float = 0.5,
                  max_opacity_kept: float = 0.8, texture_jitter: float = 0.5, min_changed_pixels: int = 20,
                  min_change: float = 25.0, max_attempts: int = 50):
-        low, high = scale_exponents
-        if not (isinstance(low, int) and isinstance(high, int) and 0 <= low < high):
-            raise ValueError(f"scale_exponents must be integers 0 <= low < high, got {scale_exponents!r}")
-        if not 0 < threshold < 1:
-            raise ValueError(f"threshold must lie in (0, 1) (the noise lies in [-1, 1]), got {threshold}")
-        if not 0 <= max_opacity_kept < 1:
-            raise ValueError(f"max_opacity_kept must lie in [0, 1), got {max_opacity_kept}")
-        if not 0 <= texture_jitter <= 0.5:
-            raise ValueError(f"texture_jitter must lie in [0, 0.5], got {texture_jitter}")
-        if min_changed_pixels < 0 or max_attempts < 1:
-            raise ValueError("min_changed_pixels must be >= 0 and max_attempts >= 1")
-        self.scale_exponents = (low, high)
-        self.threshold = float(threshold)
-        self.max_opacity_kept = float(max_opacity_kept)
-        self.texture_jitter = float(texture_jitter)
-        self.min_changed_pixels = int(min_changed_pixels)
-        self.min_change = float(min_change)
-        self.max_attempts = int(max_attempts)
+        self.scale_exponents = options.integer_range("scale_exponents", scale_exponents)
+        self.threshold = options.number("threshold", threshold, 0, 1, low_open=True, high_open=True)
+        self.max_opacity_kept = options.number("max_opacity_kept", max_opacity_kept, 0, 1, high_open=True)
+        self.texture_jitter = options.number("texture_jitter", texture_jitter, 0, 0.5)
+        self.min_changed_pixels, self.min_change, self.max_attempts = rule_options(
+            min_changed_pixels, min_change, max_attempts)
 
     def generate(self, normal_images: Sequence[np.ndarray], n: int, seed: int) -> SyntheticSet:
         return generate_visible(self, normal_images, n, seed, self._draw)
@@ -84,8 +73,8 @@ class Perlin(Generator):
     def _check_images(self, normal_images: Sequence[np.ndarray]) -> None:
         check_one_size(normal_images, 2 * MIN_CELL, "Perlin")
 
-    def _draw(self, rng: np.random.Generator, normal_images: Sequence[np.ndarray],
-              source: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    def _draw(self, rng: np.random.Generator, normal_images: Sequence[np.ndarray], source: int,
+              kind: None) -> tuple[np.ndarray, np.ndarray, dict, int]:
         image = normal_images[source]
         height, width = image.shape[:2]
         low, high = self.scale_exponents
@@ -102,4 +91,5 @@ class Perlin(Generator):
         blended = image * (1 - inside) + inside * (kept * image + (1 - kept) * texture)
         params = {"cells": list(cells), "texture": texture_index, "quarter_turns": turns, "flip": flip,
                   "jitter": jitter, "opacity_kept": kept}
-        return np.clip(np.rint(blended), 0, 255).astype(np.uint8), mask, params
+        output = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+        return output, mask, params, changed_pixels(image, output, self.min_change)

@@ -80,8 +80,10 @@ def test_the_normal_images_are_left_untouched(generator):
     ([np.zeros((64, 64), np.uint8)], 3, 0, r"normal_images\[0\] must be a uint8 \(H, W, 3\)"),
     ([np.zeros((64, 64, 3), np.float32)], 3, 0, "uint8"),
     ([np.zeros((64, 64, 4), np.uint8)], 3, 0, "RGB"),
-    ([np.zeros((64, 64, 3), np.uint8)], 0, 0, "n must be a positive integer"),
-    ([np.zeros((64, 64, 3), np.uint8)], 3, -1, "seed must be a non-negative integer"),
+    ([np.zeros((64, 64, 3), np.uint8)], 0, 0, "n must be an integer >= 1, got 0"),
+    ([np.zeros((64, 64, 3), np.uint8)], True, 0, "n must be an integer >= 1, got True"),
+    ([np.zeros((64, 64, 3), np.uint8)], 3, -1, "seed must be an integer >= 0, got -1"),
+    ([np.zeros((64, 64, 3), np.uint8)], 3, 1.0, "seed must be an integer >= 0, got 1.0"),
 ])
 def test_bad_requests_are_refused_before_any_work(generator, images, n, seed, message):
     with pytest.raises(ValueError, match=message):

@@ -138,7 +138,7 @@ def test_a_rectangle_without_a_ring_is_refused():
 
 def test_invisible_draws_are_redrawn_and_a_hopeless_request_fails_clearly():
     flat = [np.full((64, 64, 3), 128, np.uint8)] * 3  # flat into flat: the blend changes nothing
-    with pytest.raises(ValueError, match="NSA found no visible anomaly for sample 0: 5 draws"):
+    with pytest.raises(ValueError, match="NSA found no visible anomaly for sample 0: 5 draws in a row changed no pixel"):
         NSA(min_changed_pixels=0, max_attempts=5).generate(flat, 2, seed=0)
     normals = _striped_images()
     synthetic = NSA(min_changed_pixels=2000).generate(normals, 10, seed=0)
