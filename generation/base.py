@@ -35,7 +35,12 @@ class Generator(ABC):
         """
         _check_request(normal_images, n, seed)
         self._check_images(normal_images)
-        return request_digest(self.name, self.get_params(), n, seed, normal_images)
+        return request_digest(self.name, {**self.get_params(), **self.numerics()}, n, seed, normal_images)
+
+    def numerics(self) -> dict:
+        """What changes the numbers besides the hyper-parameters (a diffusion model in half precision on a
+        GPU draws other images than in float32 on a CPU): it enters the digest, so stored sets never mix."""
+        return {}
 
     def _check_images(self, normal_images: Sequence[np.ndarray]) -> None:
         """Raise a ValueError for images this generator cannot use beyond what `_check_request` checks (sizes...)."""

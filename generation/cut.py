@@ -87,6 +87,9 @@ class CUT(Generator):
     def get_params(self) -> dict:
         return {k: v for k, v in super().get_params().items() if k not in self.RUNTIME_OPTIONS}
 
+    def numerics(self) -> dict:
+        return {"precision": str(resolve_device(self.device)[1]).removeprefix("torch.")}
+
     def generate(self, normal_images: Sequence[np.ndarray], n: int, seed: int) -> SyntheticSet:
         digest = self.digest(normal_images, n, seed)
         components = self.components()

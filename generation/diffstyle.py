@@ -76,6 +76,9 @@ class DiffStyle(Generator):
     def get_params(self) -> dict:
         return {k: v for k, v in super().get_params().items() if k not in self.RUNTIME_OPTIONS}
 
+    def numerics(self) -> dict:
+        return {"precision": str(resolve_device(self.device)[1]).removeprefix("torch.")}
+
     def _check_images(self, normal_images: Sequence[np.ndarray]) -> None:
         if len(normal_images) < 2:
             raise ValueError("DiffStyle needs at least 2 normal images: one half gives styles, the other contents")
@@ -124,7 +127,8 @@ class DiffStyle(Generator):
         return [self._cached(key) for key in keys]
 
     def _cache_key(self, image: np.ndarray) -> str:
-        request = f"{self.model}|{self.steps}|{self.diffusion().resolution}|{image.shape}|".encode()
+        diffusion = self.diffusion()
+        request = f"{self.model}|{self.steps}|{diffusion.resolution}|{diffusion.unet.dtype}|{image.shape}|".encode()
         return hashlib.sha256(request + np.ascontiguousarray(image).tobytes()).hexdigest()[:40]
 
     def _cached(self, key: str) -> Inversion | None:

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from generation import create_generator, list_generators
+from generation import create_generator, list_generators, request_digest
 
 FAST_PARAMS = {  # "{tiny_...}" stands for a tiny local model of conftest.py
     "cut": {"model": "{tiny_sd_dir}", "steps": 6, "resolution": 32, "max_iterations": 2, "object_name": "thing"},
@@ -90,3 +90,19 @@ def test_bad_requests_are_refused_before_any_work(generator, images, n, seed, me
         generator.digest(images, n, seed)
     with pytest.raises(ValueError, match=message):
         generator.generate(images, n, seed)
+
+
+@pytest.mark.parametrize("name", ["diffstyle", "cut"])
+def test_half_precision_on_a_gpu_never_shares_a_digest_with_float32(name):
+    normals = _normal_images()
+    on_cpu, on_gpu = (create_generator(name, device=device) for device in ("cpu", "cuda"))
+    assert on_cpu.get_params() == on_gpu.get_params()  # the device is how, not what, is generated...
+    assert on_cpu.numerics() == {"precision": "float32"} and on_gpu.numerics() == {"precision": "float16"}
+    assert on_cpu.digest(normals, 3, seed=0) != on_gpu.digest(normals, 3, seed=0)  # ...but it changes the numbers
+
+
+def test_generators_without_a_precision_setting_keep_their_digest():
+    normals = _normal_images()
+    cutpaste = create_generator("cutpaste")
+    assert cutpaste.numerics() == {}
+    assert cutpaste.digest(normals, 3, seed=0) == request_digest("cutpaste", cutpaste.get_params(), 3, 0, normals)
