@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -8,8 +9,6 @@ from PIL import Image
 
 from generation import CutPaste
 from generation.color_jitter import apply_jitter
-
-ELPV_IMAGES = Path(__file__).resolve().parents[2] / ".venv/lib/python3.11/site-packages/elpv_dataset/data/images"
 
 
 def _noise(n=3, size=(256, 256), seed=0):
@@ -247,9 +246,12 @@ def test_real_bottle_images(mvtec_root):
 
 
 def test_real_solar_cells_reject_some_draws():
-    paths = sorted(ELPV_IMAGES.glob("*.png"))[:10]
-    if not paths:
-        pytest.skip(f"ELPV images not found at {ELPV_IMAGES}")
+    spec = importlib.util.find_spec("elpv_dataset")
+    if spec is None:
+        pytest.skip("the elpv-dataset package is not installed")
+    images = Path(spec.origin).parent / "data" / "images"
+    paths = sorted(images.glob("*.png"))[:10]
+    assert len(paths) == 10, f"the installed elpv-dataset package has no images at {images}"
     normals = [np.asarray(Image.open(path).convert("RGB")) for path in paths]
     synthetic = CutPaste().generate(normals, 100, seed=0)
     _assert_masks_are_the_paste_footprints(synthetic, normals)

@@ -111,12 +111,23 @@ def test_runtime_options_do_not_change_the_digest(tiny_ddpm_dir, tmp_path):
 
 
 def test_a_learned_variance_model_uses_its_noise_channels(tmp_path):
+    """A learned-variance UNet predicts the noise in its first 3 output channels and the variance in the other
+    3: DiffStyle must generate what the same UNet cut down to its noise channels generates."""
     from diffusers import DDIMScheduler
 
-    build_tiny_unet(learned_variance=True).save_pretrained(tmp_path)  # a bare UNet directory, no scheduler
-    DDIMScheduler(clip_sample=False).save_pretrained(tmp_path / "scheduler")
-    synthetic = DiffStyle(model=str(tmp_path), steps=4).generate(_images(), 2, seed=0)
-    assert len(synthetic) == 2
+    learned = build_tiny_unet(learned_variance=True)
+    weights = learned.state_dict()
+    weights["conv_out.weight"], weights["conv_out.bias"] = weights["conv_out.weight"][:3], weights["conv_out.bias"][:3]
+    noise_only = build_tiny_unet()
+    noise_only.load_state_dict(weights)
+    generated = {}
+    for name, unet in (("learned", learned), ("noise-only", noise_only)):
+        unet.save_pretrained(tmp_path / name)  # a bare UNet directory, with the scheduler beside it
+        DDIMScheduler(clip_sample=False).save_pretrained(tmp_path / name / "scheduler")
+        generated[name] = DiffStyle(model=str(tmp_path / name), steps=4).generate(_images(), 2, seed=0).images
+    assert len(generated["learned"]) == len(generated["noise-only"]) == 2
+    for ours, expected in zip(generated["learned"], generated["noise-only"]):
+        assert np.abs(ours.astype(int) - expected.astype(int)).max() <= 1  # one grey level of rounding
 
 
 @pytest.mark.parametrize("params, message", [

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from selection.confidence import (Calibration, _auroc_rows, bootstrap_beats, decide, every_family_beats,
-                                  load_calibration)
+from selection.confidence import (CALIBRATION_FILE, Calibration, _auroc_rows, bootstrap_beats, calibration_key,
+                                  decide, every_family_beats, load_calibration)
 
 
 def _set(seed=0, n_normals=30, n_anomalies=20):
@@ -84,6 +84,17 @@ def test_calibration_reads_the_highest_level_reached(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ValueError, match="corrupt calibration file .*calibration.json"):
         load_calibration(["cutpaste", "perlin"], "ensemble/last", path)
+
+
+def test_the_shipped_calibration_was_measured_for_the_default_generators_and_prior():
+    from selection.candidates import ensemble_candidate
+    from selection.pipeline import SelectionConfig, prior_kind
+
+    config = SelectionConfig()
+    kind = prior_kind(config, ensemble_candidate(config.ensemble, config.candidates()))
+    assert load_calibration(config.generators, kind) is not None, (
+        f"{CALIBRATION_FILE.name} has no entry {calibration_key(config.generators, kind)!r}: re-measure it with "
+        "benchmarks/selection_quality.py --write-calibration")
 
 
 def test_a_calibrated_confidence_decides_where_there_is_one():

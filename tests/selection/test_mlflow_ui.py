@@ -17,6 +17,7 @@ def mlflow_ui(tracking_uri):
         yield base
 
 
+@pytest.mark.slow
 def test_mlflow_ui_shows_runs_dataset_and_champion(mvtec_root, tracking_uri, tmp_path, mlflow_ui):
     result = run_selection(SelectionConfig(
         task="mvtec/bottle", data_root=str(mvtec_root), backbones=(), n_anomalies=20,

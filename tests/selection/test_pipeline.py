@@ -25,23 +25,31 @@ def bottle_config(mvtec_root, tracking_uri, tmp_path):
                            store=str(tmp_path / "synthetic"), experiment="e2e")
 
 
+@pytest.mark.slow
 def test_selection_on_bottle_records_everything_and_promotes_the_pick(bottle_config):
     result = run_selection(bottle_config)
     board = result.leaderboard
     assert len(board) == 6  # mobilenet_v2 imagenet x 2 layers, its random twin x 2, two pixel controls
     assert set(board["control"]) == {True, False}
-    assert board["real_auroc"].between(0, 1).all() and board["synthetic_auroc"].between(0, 1).all()
+    by_candidate = board.set_index("candidate")
+    for name, scored in result.scored.items():  # the leaderboard's AUROCs are sklearn's on the candidates' scores
+        synthetic = roc_auc_score(result.validation_sets[0].labels, scored.synthetic_scores["cutpaste"])
+        assert by_candidate.loc[name, "synthetic_auroc"] == pytest.approx(synthetic)
+        real = roc_auc_score(result.real_labels, scored.real_scores)
+        assert by_candidate.loc[name, "real_auroc"] == pytest.approx(real)
     assert board["synthetic_auroc"].is_monotonic_decreasing
+    pretrained, controls = board[~board["control"]], board[board["control"]]
+    assert pretrained["real_auroc"].max() > 0.9  # MobileNetV2 features separate broken bottles well
+    assert pretrained["real_auroc"].min() > controls["real_auroc"].max()  # measured 0.976 against 0.928
     decision = result.decision
     assert decision.winner == board.iloc[0]["candidate"] and result.pick.name == decision.chosen
+    assert decision.winner == "knn/mobilenet_v2/imagenet/mid/avg/k3"  # CutPaste favours mid-level features
     assert decision.prior == "knn/mobilenet_v2/imagenet/last/avg/k3"  # the largest (only) pretrained, last layer
-    assert result.pick.name == (decision.winner if decision.winner == decision.prior or
-                                decision.confidence >= 0.95 else decision.prior)
-    pretrained = board[~board["control"]]
-    assert pretrained["real_auroc"].max() > 0.9  # MobileNetV2 features separate broken bottles well
+    # no calibration was measured for CutPaste against the largest model: the bootstrap confidence decides, at 0.95
+    assert decision.calibrated_confidence is None and decision.threshold == 0.95
 
     comparison = result.comparisons["cutpaste"]
-    assert -1 <= comparison.tau <= 1 and 0 <= comparison.p_value <= 1
+    assert comparison.tau > 0.5 and comparison.p_value < 0.05  # pretrained above the controls, synthetic and real
     assert comparison.regret == pytest.approx(board["real_auroc"].max() - comparison.pick_real_auroc)
     assert comparison.baseline == "knn/mobilenet_v2/imagenet/last/avg/k3"
 
@@ -72,11 +80,10 @@ def test_selection_on_bottle_records_everything_and_promotes_the_pick(bottle_con
     real = result.task.validation
     scores = model.predict([str(item.path) for item in real])
     labels = np.array([item.label for item in real])
-    from sklearn.metrics import roc_auc_score
-
     assert roc_auc_score(labels, scores) == pytest.approx(picked_real_auroc)
 
 
+@pytest.mark.slow
 def test_second_run_reuses_the_synthetic_set_and_keeps_the_champion(bottle_config):
     first = run_selection(bottle_config)
     second = run_selection(bottle_config)
@@ -86,6 +93,7 @@ def test_second_run_reuses_the_synthetic_set_and_keeps_the_champion(bottle_confi
     assert second.promotion.alias == CHALLENGER  # equal, not better, on the same set
 
 
+@pytest.mark.slow
 def test_different_seed_gives_a_different_synthetic_set(bottle_config):
     first = run_selection(bottle_config)
     bottle_config.seed = 1
@@ -94,6 +102,7 @@ def test_different_seed_gives_a_different_synthetic_set(bottle_config):
     assert second.validation_sets[0].digest != first.validation_sets[0].digest
 
 
+@pytest.mark.slow
 def test_bad_input_fails_clearly_and_loses_nothing_recorded(bottle_config, mvtec_root, tmp_path, capsys):
     run_selection(bottle_config)
     runs_before = len(mlflow.search_runs(experiment_names=["e2e"]))
@@ -132,6 +141,7 @@ def test_a_control_above_a_pretrained_candidate_makes_the_set_suspect():
     assert control_warnings(board.assign(synthetic_auroc=[0.9, 0.6, 0.7, 0.65])) == []
 
 
+@pytest.mark.slow
 def test_diffstyle_and_cutpaste_sets_on_bottle_with_a_tiny_diffusion_model(bottle_config, tiny_ddpm_dir):
     config = replace(bottle_config, generators=("cutpaste", "diffstyle"), diffusion_model=str(tiny_ddpm_dir),
                      diffusion_steps=4, n_anomalies=12, controls=False, register=False)
@@ -147,6 +157,7 @@ def test_diffstyle_and_cutpaste_sets_on_bottle_with_a_tiny_diffusion_model(bottl
     assert (Path(config.store) / "inversions").is_dir()  # the inversions are cached beside the sets
 
 
+@pytest.mark.slow
 def test_a_cut_set_with_coarse_masks_on_bottle_with_a_tiny_stable_diffusion(bottle_config, tiny_sd_dir):
     options = {"cut": {"steps": 8, "resolution": 64, "max_iterations": 2}}
     config = replace(bottle_config, generators=("cutpaste", "cut"), sd_model=str(tiny_sd_dir),
@@ -177,6 +188,7 @@ def test_generator_options_reach_the_generator():
         parse_args(["--generator-option", "steps=30"])
 
 
+@pytest.mark.slow
 def test_an_ensemble_is_ranked_and_decided_on_like_a_candidate(bottle_config):
     config = replace(bottle_config, backbones=("mobilenet_v2", "efficientnet_lite0"), controls=False,
                      generators=("cutpaste", "perlin"), ensemble="last", prior="ensemble/last-2", register=False)

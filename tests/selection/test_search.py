@@ -71,6 +71,7 @@ def test_a_new_space_is_one_registered_function():
         module._SPACES.pop("knn-last-only")
 
 
+@pytest.mark.slow
 def test_trials_that_change_only_k_pooling_or_normalisation_run_no_forward_pass(mvtec_root, tmp_path,
                                                                                tracking_uri):
     config = _config(mvtec_root, tmp_path, tracking_uri, "--layers", "last")
@@ -85,13 +86,16 @@ def test_trials_that_change_only_k_pooling_or_normalisation_run_no_forward_pass(
     assert len({t.user_attrs["candidate"] for t in study.trials}) > 4
 
 
+@pytest.mark.slow
 def test_search_records_trials_promotes_the_best_and_resumes(mvtec_root, tmp_path, tracking_uri):
     config = _config(mvtec_root, tmp_path, tracking_uri, "--trials", "6")
     result = run_search(config)
     assert len(result.trials) == 6 and result.new_trials == 6
     assert result.trials["synthetic_auroc"].is_monotonic_decreasing
     assert result.best.name == result.trials.iloc[0]["candidate"]
-    assert result.trials["real_auroc"].between(0, 1).all()
+    # pretrained MobileNetV2 features separate broken bottles almost perfectly whatever k, pooling or layer
+    # (measured 0.98 to 1.00 over 9 trials); scores out of step with the labels give about 0.5
+    assert (result.trials["real_auroc"] > 0.95).all()
 
     runs = _trial_runs(result.run_id)
     assert sorted(int(r.data.tags["optuna.trial"]) for r in runs) == list(range(6))
@@ -119,6 +123,7 @@ def test_search_records_trials_promotes_the_best_and_resumes(mvtec_root, tmp_pat
     assert again.new_trials == 0 and again.promotion is None  # nothing new, nothing registered
 
 
+@pytest.mark.slow
 def test_a_study_name_cannot_be_reused_on_other_evidence(mvtec_root, tmp_path, tracking_uri):
     run_search(_config(mvtec_root, tmp_path, tracking_uri, "--trials", "1", "--study-name", "mine", "--no-register"))
     with pytest.raises(ValueError, match="other synthetic evidence"):
@@ -143,6 +148,7 @@ def _kill_the_first_worker_seen_running(storage_url: str, study_name: str, kille
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_two_workers_on_postgresql_complete_the_trials_and_survive_a_killed_worker(
         mvtec_root, tmp_path, tracking_uri, postgres_url):
     n_trials, study_name = 12, "bottle-on-postgres"
@@ -180,6 +186,7 @@ def test_two_workers_on_postgresql_complete_the_trials_and_survive_a_killed_work
     assert logged == completed  # each completed trial logged once: none duplicated, no failed one logged
 
 
+@pytest.mark.slow
 def test_optuna_dashboard_serves_the_study(mvtec_root, tmp_path, tracking_uri):
     config = _config(mvtec_root, tmp_path, tracking_uri, "--trials", "3", "--no-register")
     result = run_search(config)
