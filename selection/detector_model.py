@@ -27,7 +27,8 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
         self.features = FeatureCache()
         self.detector = load_bundle(context.artifacts["bundle"], self.features)
 
-    def predict(self, context, model_input, params=None):
+    # MLflow reads a DataFrame hint as "no schema to check": in process the model also takes lists and arrays
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         try:
             return self.detector.anomaly_scores(as_images(model_input))
         finally:
