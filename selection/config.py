@@ -2,13 +2,9 @@
 lines answer `--help` and argument errors before torch, MLflow or Optuna load."""
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from selection.candidates import LAYERS, OFFLINE_BACKBONES
+from selection.candidates import LAYERS, OFFLINE_BACKBONES, Candidate, default_candidates
 from selection.confidence import DEFAULT_CONFIDENCE
-
-if TYPE_CHECKING:
-    from selection.candidates import Candidate
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
@@ -46,9 +42,7 @@ class SelectionConfig:
     feature_dir: str | None = "mlruns/features"  # pooled features kept on disk for later runs; None: memory only
     device: str = "cpu"
 
-    def candidates(self) -> list["Candidate"]:
-        from selection.candidates import default_candidates
-
+    def candidates(self) -> list[Candidate]:
         return default_candidates(self.backbones, self.layers, self.k, self.controls)
 
 
