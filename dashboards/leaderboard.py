@@ -90,18 +90,16 @@ def main() -> None:
                f"{run['generators']} · seed {run['seed']}")
     if run["status"] != "FINISHED":
         st.info(f"This run is {run['status']}: what it recorded may be incomplete.")
-    first = "Leaderboard" if run["kind"] == "selection" else "Trials"
-    tabs = st.tabs([first, "Synthetic sets", "Across runs", "Registry"], key="section", on_change="rerun",
-                   bind="query-params")
-    sections = [(lambda: selection_section(uri, run_id)) if run["kind"] == "selection"
-                else (lambda: search_section(uri, run_id)),
-                lambda: gallery_section(uri, run_id),
-                lambda: history_section(task_runs),
-                lambda: registry_section(uri, task)]
-    for tab, section in zip(tabs, sections):
+    overview = selection_section if run["kind"] == "selection" else search_section
+    sections = {"Leaderboard" if run["kind"] == "selection" else "Trials": lambda: overview(uri, run_id),
+                "Synthetic sets": lambda: gallery_section(uri, run_id),
+                "Across runs": lambda: history_section(task_runs),
+                "Registry": lambda: registry_section(uri, task)}
+    tabs = st.tabs(list(sections), key="section", on_change="rerun", bind="query-params")
+    for tab, show in zip(tabs, sections.values()):
         if tab.open:  # only the open section reads anything
             with tab:
-                section()
+                show()
 
 
 def empty_store(uri: str) -> None:
@@ -160,7 +158,7 @@ def leaderboard_table(board: records.Leaderboard) -> None:
     # the verdict's columns first, the per-family detail after: the table is wider than most screens
     order = ["candidate", "role", "mark", "synthetic_auroc", "real_auroc", "synthetic_rank", "real_rank",
              "rank_change", *[f"synthetic_auroc/{family}" for family in board.families]]
-    st.dataframe(board.table, hide_index=True, column_config=config, key="leaderboard",
+    st.dataframe(board.table, hide_index=True, column_config=config, key="leaderboard", height="content",
                  column_order=[column for column in order if column in board.table])
 
 

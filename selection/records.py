@@ -47,7 +47,7 @@ def _client(tracking_uri: str) -> MlflowClient:
 
 
 def sqlite_path(uri: str) -> Path | None:
-    """The database file of an SQLite URI (relative to the working directory where the URI is), else None."""
+    """The database file of an SQLite URI (a relative one is relative to the working directory), else None."""
     if not uri.startswith("sqlite:///"):
         return None
     return Path(uri.removeprefix("sqlite:///"))
@@ -66,10 +66,10 @@ def _run_search(client: MlflowClient, experiment_ids: list[str], filter_string: 
 # --- the store and its runs -------------------------------------------------------------------------------
 
 def parent_runs(tracking_uri: str) -> pd.DataFrame:
-    """Every selection and search (their parent runs) in the store's active experiments, newest first (times
-    in UTC, as every time here): what
-    was asked (generators, seed) and what came out (pick, its synthetic and real AUROC, tau, regret).
-    An empty frame for a store without any; RecordError where the store cannot be read."""
+    """Every selection and search (their parent runs) in the store's active experiments, newest first: when
+    (UTC, as every time here), what was asked (generators, seed) and what came out (the pick, or a search's
+    best trial; its synthetic and real AUROC; tau; regret). An empty frame for a store without any, and for an
+    SQLite file not created yet; RecordError where the store cannot be read."""
     database = sqlite_path(tracking_uri)
     if database is not None and not database.is_file():  # opening it would create an empty store
         return _runs_frame([])
@@ -86,7 +86,7 @@ def parent_runs(tracking_uri: str) -> pd.DataFrame:
 
 
 def _runs_frame(runs: list) -> pd.DataFrame:
-    columns = ["run_id", "experiment_id", "task", "kind", "started", "status", "generators", "seed", "pick",
+    columns = ["run_id", "task", "kind", "started", "status", "generators", "seed", "pick",
                "pick_synthetic_auroc", "pick_real_auroc", "tau", "regret"]
     frame = pd.DataFrame([_run_row(run) for run in runs], columns=columns)
     return frame.sort_values("started", ascending=False, ignore_index=True)
@@ -102,7 +102,7 @@ def _run_row(run) -> dict:
         family = MEAN if "," in generators else generators
         pick, synthetic, real = tags.get("pick"), metrics.get("pick_synthetic_auroc"), metrics.get("pick_real_auroc")
         tau, regret = metrics.get(f"kendall_tau/{family}"), metrics.get("pick_regret")
-    return {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "task": tags.get("task", ""),
+    return {"run_id": run.info.run_id, "task": tags.get("task", ""),
             "kind": tags["kind"], "started": pd.Timestamp(run.info.start_time, unit="ms"),
             "status": run.info.status, "generators": generators, "seed": params.get("seed", ""), "pick": pick,
             "pick_synthetic_auroc": synthetic, "pick_real_auroc": real, "tau": tau, "regret": regret}
@@ -363,7 +363,6 @@ class Sample:
     image: np.ndarray
     mask: np.ndarray | None
     source: np.ndarray
-    parameters: str
 
 
 def samples(folder: str | Path, first: int, count: int, size: int = 256) -> list[Sample]:
@@ -372,7 +371,7 @@ def samples(folder: str | Path, first: int, count: int, size: int = 256) -> list
     try:
         return [Sample(_thumbnail(row["path"], "RGB", size),
                        _thumbnail(row["mask_path"], "L", size) if row["mask_path"] else None,
-                       _thumbnail(row["source_image"], "RGB", size), row["parameters"])
+                       _thumbnail(row["source_image"], "RGB", size))
                 for row in rows.to_dict("records")]
     except OSError as error:
         raise RecordError(f"an image of the synthetic set is missing: {_short(error)}") from error

@@ -159,3 +159,12 @@ def test_promote_moves_champion_only_after_confirmation_and_records_who_when_why
 
 def test_the_dashboards_alias_names_are_the_registrys():
     assert (CHAMPION, CHALLENGER) == (REGISTRY_CHAMPION, REGISTRY_CHALLENGER)
+
+
+def test_the_negative_control_warning_shows_when_it_fired(filled_store, store_copy, page):
+    warning = ("negative control knn/pixels_32/none/raw/avg/k3 (synthetic AUROC 0.950) outranks 1 of 2 pretrained "
+               "candidates: the synthetic validation set is suspect for this task")
+    MlflowClient(store_copy).set_tag(filled_store.selection.run_id, "warnings", warning)  # as control_warnings words it
+    app = page(store_copy, run=filled_store.selection.run_id)
+    assert [element.value for element in app.warning] == [f"Negative-control warning: {warning}"]
+    assert not page(filled_store.uri, run=filled_store.selection.run_id).warning  # it did not fire on bottle
