@@ -60,6 +60,18 @@ def auroc_column(label: str, help: str | None = None):
                                            max_value=1.0, format="%.4f")
 
 
+def trend_chart(table: pd.DataFrame, x: str, lines: dict[str, str], y_title: str) -> alt.Chart:
+    """One line per column in `lines` (column -> legend label) against `x`, the y axis fitted to the values
+    (AUROCs sit close to 1: from zero they would look flat)."""
+    long = table[[x, *lines]].melt(id_vars=x, var_name="line", value_name="value").dropna()
+    long["line"] = long["line"].map(lines)
+    return alt.Chart(long).mark_line(point=True).encode(
+        x=alt.X(f"{x}:O", title=x, axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("value:Q", title=y_title, scale=alt.Scale(zero=False)),
+        color=alt.Color("line:N", title=None, sort=list(lines.values())),
+        tooltip=[x, "line", alt.Tooltip("value:Q", format=".4f")]).properties(height=280)
+
+
 def main() -> None:
     # MLflow reads these at each request. A page must answer at once: one try of a tracking server, not
     # minutes of retries; and no progress bar in the server's log for every artefact read.
@@ -216,16 +228,18 @@ def search_section(uri: str, run_id: str) -> None:
         summary += (f" Over its distinct candidates the synthetic ranking agrees with the real one at Kendall "
                     f"tau-b {result.tau:.3f} (p={result.p_value:.2g}).")
     st.markdown(summary)
-    history = {"synthetic_auroc": "synthetic AUROC (the objective)", "best_so_far": "best so far",
-               "real_auroc": "real AUROC (recorded, never steering)"}
-    st.line_chart(trials.set_index("trial")[[c for c in history if c in trials]].rename(columns=history),
-                  x_label="trial", y_label="AUROC")
+    history = {"synthetic_auroc": "synthetic (objective)", "best_so_far": "best so far",
+               "real_auroc": "real (never steers)"}
+    st.altair_chart(trend_chart(trials, "trial", {c: label for c, label in history.items() if c in trials}, "AUROC"),
+                    width="stretch")
     importances = shown(param_importances, uri, run_id)
     if importances is not None:
-        st.bar_chart(pd.Series(importances.values, name="importance"), horizontal=True, y_label="",
-                     x_label="importance (fANOVA)")
+        st.bar_chart(pd.Series(importances.values, name="importance"), horizontal=True, x_label="parameter",
+                     y_label="importance (fANOVA)")
         st.caption(f"Parameter importances: {importances.source}")
-    st.dataframe(trials, hide_index=True, key="trials", column_config={
+    order = ["trial", "candidate", "synthetic_auroc", "real_auroc", "best_so_far"]
+    st.dataframe(trials, hide_index=True, key="trials", column_order=order + [c for c in trials if c not in order],
+                 column_config={
         "synthetic_auroc": auroc_column("synthetic AUROC (objective)"), "best_so_far": auroc_column("best so far"),
         "real_auroc": auroc_column("real AUROC", "recorded beside the objective; never steers the search"),
         **{c: auroc_column(c.replace("_auroc", " AUROC").replace("/", ": ")) for c in trials
@@ -264,8 +278,8 @@ def family_gallery(run_id: str, validation_set: records.SyntheticSet) -> None:
     page_samples = shown(samples, str(validation_set.folder), first, GALLERY_PAGE)
     if page_samples is None:
         return
-    st.caption(f"anomalies {first + 1}-{first + len(page_samples)} of {len(table)}: each with its mask drawn in "
-               "red, beside the normal image it was made from")
+    st.caption(f"anomalies {first + 1}-{first + len(page_samples)} of {len(table)}: each with its mask outlined "
+               "in red, above the normal image it was made from")
     for column, (number, sample) in zip(st.columns(len(page_samples) or 1), enumerate(page_samples, first + 1)):
         with column:
             st.image(with_mask(sample), caption=f"anomaly {number}"
@@ -274,20 +288,29 @@ def family_gallery(run_id: str, validation_set: records.SyntheticSet) -> None:
 
 
 def with_mask(sample: records.Sample) -> np.ndarray:
-    """The anomaly with its mask tinted red, in proportion to the mask's value (probability masks too)."""
+    """The anomaly with its mask's outline drawn in red (a probability mask cut at one half), so that what was
+    pasted stays visible inside it."""
     if sample.mask is None:
         return sample.image
-    alpha = 0.5 * sample.mask[..., None].astype(float) / 255
-    return (sample.image * (1 - alpha) + np.array([255.0, 0.0, 0.0]) * alpha).astype(np.uint8)
+    inside = sample.mask >= 128
+    eroded = inside
+    for _ in range(2):  # two pixels thick
+        padded = np.pad(eroded, 1, mode="edge")
+        eroded = eroded & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    outlined = sample.image.copy()
+    outlined[inside & ~eroded] = (255, 0, 0)
+    return outlined
 
 
 # --- across runs ----------------------------------------------------------------------------------------------
 
 def history_section(task_runs: pd.DataFrame) -> None:
-    table = task_runs.reset_index().sort_values("started")[
+    table = task_runs.reset_index().sort_values("started", ignore_index=True)[
         ["started", "kind", "generators", "seed", "pick", "pick_synthetic_auroc", "pick_real_auroc", "tau",
          "regret", "run_id"]]
+    table.insert(0, "run", table.index + 1)
     st.dataframe(table, hide_index=True, key="history", column_config={
+        "run": st.column_config.NumberColumn("run", help="in the order they started", format="%d"),
         "started": st.column_config.DatetimeColumn("started (UTC)", format="YYYY-MM-DD HH:mm"),
         "pick": st.column_config.TextColumn("pick (a search: its best trial)"),
         "pick_synthetic_auroc": auroc_column("pick: synthetic AUROC"),
@@ -296,8 +319,11 @@ def history_section(task_runs: pd.DataFrame) -> None:
                                              help="a selection: over its candidates (the mean's); a search: over "
                                                   "its distinct trial candidates"),
         "regret": st.column_config.NumberColumn("regret", format="%.4f")})
-    lines = {"pick_synthetic_auroc": "pick: synthetic AUROC", "pick_real_auroc": "pick: real AUROC", "tau": "tau-b"}
-    st.line_chart(table.set_index("started")[list(lines)].rename(columns=lines), x_label="run started (UTC)")
+    aurocs, agreement = st.columns(2)
+    aurocs.altair_chart(trend_chart(table, "run", {"pick_synthetic_auroc": "pick: synthetic AUROC",
+                                                   "pick_real_auroc": "pick: real AUROC"}, "AUROC"), width="stretch")
+    agreement.altair_chart(trend_chart(table, "run", {"tau": "tau-b"}, "Kendall tau-b, synthetic against real"),
+                           width="stretch")
     judged = table["regret"].dropna()
     if len(judged):
         st.caption(f"Pick rate: the pick was the best real candidate in {int((judged <= 1e-12).sum())} of "
@@ -321,8 +347,10 @@ def registry_section(uri: str, task: str) -> None:
     challenger = records.alias_holder(versions, model, records.CHALLENGER)
     st.markdown(f"**{model}**: champion {f'v{champion}' if champion else 'none'}, challenger "
                 f"{f'v{challenger}' if challenger else 'none'}")
-    st.dataframe(mine, hide_index=True, key="versions",
-                 column_config={"created": st.column_config.DatetimeColumn("created (UTC)", format="YYYY-MM-DD HH:mm")})
+    numbers = {column: st.column_config.NumberColumn(column, format="%.3g" if column == "kendall_p" else "%.4f")
+               for column in records.NUMERIC_VERSION_TAGS}
+    st.dataframe(mine, hide_index=True, key="versions", column_config={
+        **numbers, "created": st.column_config.DatetimeColumn("created (UTC)", format="YYYY-MM-DD HH:mm")})
     promote_form(uri, model, [int(v) for v in mine["version"] if v != champion], champion)
 
 

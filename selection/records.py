@@ -29,6 +29,9 @@ MEAN = "mean"  # the pipeline's name for the mean over the generators' sets
 KINDS = ("selection", "search")
 _PAGE = 1000  # runs per MLflow search request
 _TRIAL_PREFIX = re.compile(r"^trial \d+ ")
+# version tags that hold numbers ("n/a" where not defined)
+NUMERIC_VERSION_TAGS = ("synthetic_auroc", "real_auroc", "kendall_tau", "kendall_p", "confidence_over_prior",
+                        "calibrated_confidence", "confidence_threshold")
 _LEADING_VERSION_TAGS = ("candidate", "synthetic_auroc", "real_auroc", "kendall_tau", "kendall_p", "dataset_digest",
                          "promotion", "promoted_by", "promoted_at", "promoted_why", "promoted_from")
 
@@ -388,7 +391,8 @@ def _thumbnail(path: str, mode: str, size: int) -> np.ndarray:
 
 def model_versions(tracking_uri: str, task: str) -> pd.DataFrame:
     """Every registered version of the task's models, newest first: `model`, `version`, `aliases`, `created`
-    and the evidence tags (`candidate`, `synthetic_auroc`, ... then the rest), plus manual promotions."""
+    and the evidence tags (`candidate`, `synthetic_auroc`, ... then the rest; NUMERIC_VERSION_TAGS as numbers),
+    with the tags of promotions by hand."""
     try:
         client = _client(tracking_uri)
         versions = list(client.search_model_versions(f"tags.task = '{task}'"))
@@ -404,6 +408,8 @@ def model_versions(tracking_uri: str, task: str) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame(columns=["model", "version", "aliases", "created"])
     table = pd.DataFrame(rows)
+    for column in set(NUMERIC_VERSION_TAGS) & set(table):
+        table[column] = pd.to_numeric(table[column], errors="coerce")
     leading = ["model", "version", "aliases", "created", *[t for t in _LEADING_VERSION_TAGS if t in table]]
     table = table[leading + [column for column in table.columns if column not in leading]]
     return table.sort_values(["model", "version"], ascending=[True, False], ignore_index=True)

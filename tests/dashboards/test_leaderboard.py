@@ -125,7 +125,12 @@ def test_across_runs_lists_each_run_of_the_task_with_its_pick(filled_store, page
     assert list(history["kind"]) == ["search", "selection"]  # oldest first
     assert list(history["pick"]) == [filled_store.search.best.name, filled_store.selection.pick.name]
     assert list(history["tau"])[1] == pytest.approx(filled_store.selection.comparisons["mean"].tau)
-    assert len(app.get("vega_lite_chart")) == 1
+    ((_, aurocs),), ((_, taus),) = chart_layers(app, 0), chart_layers(app, 1)
+    real = aurocs[aurocs["line"] == "pick: real AUROC"].sort_values("run")
+    assert list(real["value"]) == pytest.approx([filled_store.search.trials["real_auroc"].iloc[0],
+                                                 filled_store.selection.leaderboard.set_index("candidate").loc[
+                                                     filled_store.selection.pick.name, "real_auroc"]])
+    assert list(taus.sort_values("run")["value"]) == pytest.approx(list(history["tau"]))
     assert "Pick rate: the pick was the best real candidate in" in texts(app)
 
 
