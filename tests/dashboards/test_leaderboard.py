@@ -3,11 +3,13 @@ shows is what those runs recorded; the promote action; and the short messages fo
 show."""
 
 import json
+import sys
 import time
 
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from servers import free_port, serving
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 
 from selection.records import CHALLENGER, CHAMPION
@@ -173,3 +175,15 @@ def test_the_negative_control_warning_shows_when_it_fired(filled_store, store_co
     app = page(store_copy, run=filled_store.selection.run_id)
     assert [element.value for element in app.warning] == [f"Negative-control warning: {warning}"]
     assert not page(filled_store.uri, run=filled_store.selection.run_id).warning  # it did not fire on bottle
+
+
+def test_the_page_reads_a_tracking_server_as_it_reads_the_local_store(filled_store, page):
+    port = free_port()
+    server = f"http://127.0.0.1:{port}"
+    with serving([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", filled_store.uri, "--host",
+                  "127.0.0.1", "--port", str(port), "--workers", "1"], f"{server}/health", timeout_seconds=120):
+        over_http = page(server)
+        local = page(filled_store.uri)
+        pd.testing.assert_frame_equal(over_http.dataframe[0].value, local.dataframe[0].value)
+        registry = page(server, section="Registry").dataframe[0].value
+    assert list(registry["version"]) == [2, 1] and set(registry["aliases"]) >= {CHAMPION}
