@@ -20,7 +20,7 @@ import pandas as pd
 import streamlit as st
 
 from selection import promotion, records
-from selection.config import DEFAULT_TRACKING_URI
+from selection.config import CHALLENGER, CHAMPION, DEFAULT_TRACKING_URI
 
 TTL_SECONDS = 30
 GALLERY_PAGE = 4  # anomalies per page of a family's gallery
@@ -343,8 +343,8 @@ def registry_section(uri: str, task: str) -> None:
     names = sorted(versions["model"].unique())
     model = st.selectbox("Registered model", names) if len(names) > 1 else names[0]
     mine = versions[versions["model"] == model].drop(columns="model").dropna(axis="columns", how="all")
-    champion = records.alias_holder(versions, model, records.CHAMPION)
-    challenger = records.alias_holder(versions, model, records.CHALLENGER)
+    champion = records.alias_holder(versions, model, CHAMPION)
+    challenger = records.alias_holder(versions, model, CHALLENGER)
     st.markdown(f"**{model}**: champion {f'v{champion}' if champion else 'none'}, challenger "
                 f"{f'v{challenger}' if challenger else 'none'}")
     numbers = {column: st.column_config.NumberColumn(column, format="%.3g" if column == "kendall_p" else "%.4f")

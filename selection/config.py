@@ -8,6 +8,8 @@ from selection.confidence import DEFAULT_CONFIDENCE
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
+# the registry's aliases: the model that ships, and the newest pick that did not beat it
+CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 @dataclass

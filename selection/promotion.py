@@ -6,7 +6,8 @@ from datetime import datetime, timezone
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from selection.records import CHALLENGER, CHAMPION, RecordError
+from selection.config import CHALLENGER, CHAMPION
+from selection.records import RecordError
 
 
 def promote_version(tracking_uri: str, model_name: str, version: int | str, who: str, why: str) -> str:

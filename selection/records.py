@@ -21,10 +21,10 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 from sqlalchemy.exc import SQLAlchemyError
 
+from selection.config import CHALLENGER, CHAMPION
+
 # what reading a store can raise: MLflow's own errors, a database that is not one, a server that does not answer
 _READ_ERRORS = (MlflowException, SQLAlchemyError, OSError)
-# selection.registry's aliases, named here too so that reading the registry does not import torch
-CHAMPION, CHALLENGER = "champion", "challenger"
 MEAN = "mean"  # the pipeline's name for the mean over the generators' sets
 KINDS = ("selection", "search")
 _PAGE = 1000  # runs per MLflow search request

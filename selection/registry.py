@@ -20,10 +20,9 @@ import detectors
 from detectors import DeepKNN, ScoreEnsemble
 from detectors.bundle import save_bundle
 from selection import tracking
+from selection.config import CHALLENGER, CHAMPION
 from selection.evidence import evidence_digest
 from selection.validation_set import ValidationSet
-
-CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,7 @@ from mlflow import MlflowClient
 from servers import free_port, serving
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 
-from selection.records import CHALLENGER, CHAMPION
-from selection.registry import CHALLENGER as REGISTRY_CHALLENGER
-from selection.registry import CHAMPION as REGISTRY_CHAMPION
+from selection.config import CHALLENGER, CHAMPION
 
 pytestmark = pytest.mark.slow  # the session's store comes from a real search and selection (about a minute)
 
@@ -162,10 +160,6 @@ def test_promote_moves_champion_only_after_confirmation_and_records_who_when_why
     assert time.time() - pd.Timestamp(tags["promoted_at"]).timestamp() < 600
     assert f"{model} v{target} is now the champion (was v{champion}), promoted by Ada" in texts(app)
     assert f"champion v{target}, challenger none" in texts(app)
-
-
-def test_the_dashboards_alias_names_are_the_registrys():
-    assert (CHAMPION, CHALLENGER) == (REGISTRY_CHAMPION, REGISTRY_CHALLENGER)
 
 
 def test_the_negative_control_warning_shows_when_it_fired(filled_store, store_copy, page):

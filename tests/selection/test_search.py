@@ -18,7 +18,7 @@ from servers import api, free_port, serving
 
 from detectors import FeatureCache
 from selection.evidence import gather_evidence
-from selection.registry import CHAMPION
+from selection.config import CHAMPION
 from selection.search import parse_args
 from selection.search_space import MAX_K, SpaceBounds, get_search_space, list_search_spaces, search_space
 from selection.study import SearchConfig, TrialObjective, run_search
