@@ -21,7 +21,7 @@ import optuna
 
 from detectors import FeatureCache
 from selection import tracking
-from selection.candidates import default_candidates
+from selection.candidates import CandidatePool, default_candidates
 from selection.evidence import gather_evidence, score_candidate
 from selection.search import parse_args
 from selection.study import TrialObjective, run_search
@@ -54,7 +54,7 @@ def grid_best(config) -> tuple[str, float, float]:
     evidence = gather_evidence(config.selection)
     features = FeatureCache(directory=config.selection.feature_dir)
     rows = [score_candidate(c, evidence, features).row
-            for c in default_candidates(config.selection.backbones, config.selection.layers, controls=False)]
+            for c in default_candidates(CandidatePool(config.selection.backbones, config.selection.layers, controls=False))]
     best = max(rows, key=lambda row: (row["synthetic_auroc"], row["candidate"]))
     return best["candidate"], best["synthetic_auroc"], best.get("real_auroc", float("nan"))
 

@@ -9,15 +9,14 @@ unpickles: the bundle runs wherever its code and libraries are installed.
 from pathlib import Path
 
 from detectors.backbones import Backbone, create_backbone, load_weights, save_weights
-from detectors.ensemble import ScoreEnsemble, load_detector
 from detectors.features import FeatureCache
-from detectors.knn import DeepKNN
+from detectors.interface import Detector, load_detector
 
 DETECTOR_DIR = "detector"
 BACKBONES_DIR = "backbones"
 
 
-def save_bundle(detector: DeepKNN | ScoreEnsemble, directory) -> None:
+def save_bundle(detector: Detector, directory) -> None:
     """Write `detector` and the weights of the backbones it needs (those without parameters need none)."""
     directory = Path(directory)
     detector.save(directory / DETECTOR_DIR)
@@ -27,7 +26,7 @@ def save_bundle(detector: DeepKNN | ScoreEnsemble, directory) -> None:
             save_weights(backbone, directory / BACKBONES_DIR / f"{index}.safetensors")
 
 
-def load_bundle(directory, features: FeatureCache | None = None) -> DeepKNN | ScoreEnsemble:
+def load_bundle(directory, features: FeatureCache | None = None) -> Detector:
     """The detector of a bundle, scoring through `features` (a new FeatureCache if None), into which the
     bundle's backbones are put so that none is built from a weights package or the hub."""
     directory = Path(directory)
@@ -39,13 +38,13 @@ def load_bundle(directory, features: FeatureCache | None = None) -> DeepKNN | Sc
     return load_detector(directory / DETECTOR_DIR, features)
 
 
-def _backbones_of(detector: DeepKNN | ScoreEnsemble) -> list[Backbone]:
-    """Each distinct backbone the detector's kNN members use, as their feature cache holds it where they have one."""
-    members = detector.members if isinstance(detector, ScoreEnsemble) else [detector]
+def _backbones_of(detector: Detector) -> list[Backbone]:
+    """Each distinct backbone the detector (or, for an ensemble, each member) computes features with, as the
+    feature cache it scores through holds it where it has one."""
     backbones = {}
-    for member in members:
-        key = (member.backbone, member.weights)
-        if key not in backbones:
-            backbones[key] = (member.features.backbone(*key) if member.features is not None
-                              else create_backbone(*key))
+    for part in getattr(detector, "members", [detector]):
+        for key in part.backbone_keys:
+            if key not in backbones:
+                features = getattr(part, "features", None)
+                backbones[key] = features.backbone(*key) if features is not None else create_backbone(*key)
     return list(backbones.values())

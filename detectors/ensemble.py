@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from detectors.features import FeatureCache
-from detectors.knn import DeepKNN
+from detectors.interface import Detector, load_detector, register_format
 
 _FILE = "ensemble.json"
 _FORMAT = "score_ensemble/1"
@@ -23,7 +23,7 @@ class ScoreEnsemble:
     """Weighted mean of standardised scores of fitted `members` (each with `anomaly_scores(images)` and
     `save(dir)`); `weights` (positive, one per member, equal by default) are normalised to sum to one."""
 
-    def __init__(self, members: list[DeepKNN], means: np.ndarray, stds: np.ndarray, weights=None):
+    def __init__(self, members: list[Detector], means: np.ndarray, stds: np.ndarray, weights=None):
         if not members:
             raise ValueError("an ensemble needs at least one member")
         means, stds = np.asarray(means, dtype=np.float64), np.asarray(stds, dtype=np.float64)
@@ -41,7 +41,7 @@ class ScoreEnsemble:
         self.weights = weights / weights.sum()
 
     @classmethod
-    def from_heldout_scores(cls, members: list[DeepKNN], heldout_scores: list[np.ndarray],
+    def from_heldout_scores(cls, members: list[Detector], heldout_scores: list[np.ndarray],
                             weights=None) -> "ScoreEnsemble":
         """Standardise each member by its scores on held-out normal images (`heldout_scores[i]` for member i)."""
         if len(heldout_scores) != len(members):
@@ -52,6 +52,10 @@ class ScoreEnsemble:
         # the spread floor keeps a member that scores every normal alike from dominating the mean
         stds = np.array([max(s.std(), 1e-12 * max(abs(s.mean()), 1.0)) for s in scores])
         return cls(members, np.array([s.mean() for s in scores]), stds, weights)
+
+    @property
+    def backbone_keys(self) -> list[tuple[str, str]]:
+        return list(dict.fromkeys(key for member in self.members for key in member.backbone_keys))
 
     def combine(self, member_scores: list[np.ndarray]) -> np.ndarray:
         """The ensemble's scores from its members' scores on the same images, member by member."""
@@ -78,14 +82,10 @@ class ScoreEnsemble:
             spec = json.loads((directory / _FILE).read_text())
             if spec.get("format") != _FORMAT:
                 raise ValueError(f"unsupported format (expected {_FORMAT})")
-            members = [DeepKNN.load(directory / "members" / str(i), features) for i in range(len(spec["means"]))]
+            members = [load_detector(directory / "members" / str(i), features) for i in range(len(spec["means"]))]
             return cls(members, spec["means"], spec["stds"], spec.get("weights"))  # saved without: equal
         except (OSError, KeyError, TypeError, json.JSONDecodeError) as error:
             raise ValueError(f"corrupt saved ScoreEnsemble in {directory}: {error}") from error
 
 
-def load_detector(directory, features: FeatureCache | None = None) -> DeepKNN | ScoreEnsemble:
-    """Whatever detector `save` wrote into `directory`: an ensemble or a single deep kNN."""
-    if (Path(directory) / _FILE).is_file():
-        return ScoreEnsemble.load(directory, features)
-    return DeepKNN.load(directory, features)
+register_format(_FORMAT, ScoreEnsemble.load)

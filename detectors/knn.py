@@ -1,17 +1,15 @@
 """Deep kNN (Bergman et al.): the anomaly score of an image is the sum of squared L2 distances from its
 pooled backbone features to the `k` nearest features of the normal bank (higher = more anomalous)."""
 
-import json
-from pathlib import Path
 
 import numpy as np
 from sklearn.exceptions import NotFittedError
 from sklearn.neighbors import NearestNeighbors
 
+from detectors.banked import load_banked, save_banked
 from detectors.features import FeatureCache
+from detectors.interface import register_format
 
-_PARAMS_FILE = "params.json"
-_BANK_FILE = "bank.npy"
 _FORMAT = "deep_knn/1"
 NORMALIZATIONS = ("none", "l2")
 
@@ -68,6 +66,10 @@ class DeepKNN:
         return {"backbone": self.backbone, "weights": self.weights, "layer": self.layer,
                 "pooling": self.pooling, "k": self.k, "normalize": self.normalize}
 
+    @property
+    def backbone_keys(self) -> list[tuple[str, str]]:
+        return [(self.backbone, self.weights)]
+
     def __repr__(self) -> str:
         return "DeepKNN(" + ", ".join(f"{name}={value!r}" for name, value in self.get_params().items()) + ")"
 
@@ -96,30 +98,18 @@ class DeepKNN:
 
     def save(self, directory) -> None:
         """Write the hyper-parameters (params.json) and the normal bank (bank.npy) into `directory`."""
-        if not hasattr(self, "bank_"):
-            raise NotFittedError("this DeepKNN is not fitted yet: only a fitted detector can be saved")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / _PARAMS_FILE).write_text(json.dumps({"format": _FORMAT, **self.get_params()}, indent=2))
-        np.save(directory / _BANK_FILE, self.bank_)
+        save_banked(self, directory, _FORMAT)
 
     @classmethod
     def load(cls, directory, features: FeatureCache | None = None) -> "DeepKNN":
         """A detector written by `save`, scoring through `features` if given."""
-        directory = Path(directory)
-        if not (directory / _PARAMS_FILE).is_file() or not (directory / _BANK_FILE).is_file():
-            raise FileNotFoundError(f"no saved DeepKNN in {directory}: expected {_PARAMS_FILE} and {_BANK_FILE}")
-        try:
-            params = json.loads((directory / _PARAMS_FILE).read_text())
-            if params.pop("format") != _FORMAT:
-                raise ValueError(f"unsupported format (expected {_FORMAT})")
-            detector = cls(**params, features=features)
-            bank = np.load(directory / _BANK_FILE, allow_pickle=False)
-        except (ValueError, TypeError, KeyError, AttributeError, OSError) as error:
-            raise ValueError(f"corrupt saved DeepKNN in {directory}: {error}") from error
+        detector, bank = load_banked(cls, directory, _FORMAT, features)
         if bank.ndim != 2 or bank.dtype != np.float32:
             raise ValueError(f"corrupt saved DeepKNN in {directory}: "
                              f"bank is a {bank.dtype} array of shape {bank.shape}")
         _check_k(detector.k, len(bank))
         detector.bank_ = bank
         return detector
+
+
+register_format(_FORMAT, DeepKNN.load)

@@ -1,60 +1,110 @@
-"""Candidates: a detector plus its hyper-parameters. A candidate's name is its identity in MLflow and Optuna."""
+"""Candidates: a detector kind plus its hyper-parameters. A candidate's name is its identity in MLflow and Optuna.
 
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+Each kind lives in a module of selection/kinds/ and registers a CandidateKind (how its default candidates
+follow from what the user allows) and its Optuna search space (selection/search_space.py). The pipeline,
+the search, tracking and the registry handle candidates only through the Candidate protocol. Importing this
+module stays light: a kind's module is imported when the kind is first asked for, and detectors (torch) only
+when a candidate builds one.
+"""
 
-if TYPE_CHECKING:  # the detectors bring torch: imported where a detector is built
-    from detectors import DeepKNN, FeatureCache
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from detectors import Detector, FeatureCache
 
 OFFLINE_BACKBONES = ("mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-PIXEL_CONTROLS = ("pixels_16", "pixels_32")
 LAYERS = ("last", "mid")
 ENSEMBLES = ("none", "pretrained", *LAYERS)  # which candidates a score ensemble joins (see ensemble_candidate)
+BUILT_IN_KINDS = {"knn": "selection.kinds.knn"}  # name -> module that registers it
 
 
-@dataclass(frozen=True)
-class Candidate:
-    backbone: str
-    weights: str = "imagenet"
-    layer: str = "last"
-    pooling: str = "avg"
-    k: int = 3
-    normalize: str = "none"
-
+class Candidate(Protocol):
     @property
-    def name(self) -> str:
-        suffix = "" if self.normalize == "none" else f"/{self.normalize}"
-        return f"knn/{self.backbone}/{self.weights}/{self.layer}/{self.pooling}/k{self.k}{suffix}"
+    def name(self) -> str: ...
 
     @property
     def is_control(self) -> bool:
         """Negative controls (random weights, raw pixels) should rank at the bottom of a trustworthy set."""
-        return self.weights != "imagenet"
+
+    @property
+    def is_standard(self) -> bool:
+        """The kind's standard configuration of its backbone: what a user would take without evidence."""
 
     @property
     def params(self) -> dict:
-        return {"detector": "deep_knn", **asdict(self)}
+        """The hyper-parameters as MLflow records them, the kind under "detector"."""
 
-    def detector(self, features: "FeatureCache") -> "DeepKNN":
-        from detectors import DeepKNN
+    @property
+    def backbone_keys(self) -> tuple[tuple[str, str], ...]:
+        """The (backbone, weights) pairs its detector computes features with."""
 
-        return DeepKNN(backbone=self.backbone, weights=self.weights, layer=self.layer,
-                       pooling=self.pooling, k=self.k, normalize=self.normalize, features=features)
+    def check(self, features: "FeatureCache") -> None:
+        """Raise ValueError on what cannot work (an unknown backbone or layer) before any image is read."""
+
+    def detector(self, features: "FeatureCache") -> "Detector": ...
 
 
-def default_candidates(backbones=OFFLINE_BACKBONES, layers=LAYERS, k: int = 3, controls: bool = True) -> list[Candidate]:
-    """Every backbone at every layer with ImageNet weights; with `controls`, each of them randomly initialised
-    too (the same architecture without what pretraining taught it) and raw-pixel kNN."""
-    weights = ("imagenet", "random") if controls else ("imagenet",)
-    candidates = [Candidate(b, w, layer, "avg", k) for w in weights for b in backbones for layer in layers]
-    if controls:
-        candidates += [Candidate(p, "none", "raw", "avg", k) for p in PIXEL_CONTROLS]
-    return candidates
+@dataclass(frozen=True)
+class CandidatePool:
+    """What the user allows: the backbones and layers to build candidates on, kNN's k, and whether negative
+    controls join."""
+
+    backbones: tuple[str, ...] = OFFLINE_BACKBONES
+    layers: tuple[str, ...] = LAYERS
+    k: int = 3
+    controls: bool = True
+
+
+@dataclass(frozen=True)
+class CandidateKind:
+    name: str
+    defaults: Callable[[CandidatePool], list[Candidate]]  # the candidates `selection.run` ranks by default
+
+
+_KINDS: dict[str, CandidateKind] = {}
+
+
+def register_kind(kind: CandidateKind) -> CandidateKind:
+    if kind.name in _KINDS and _KINDS[kind.name] is not kind:
+        raise ValueError(f"detector kind {kind.name!r} is already registered")
+    _KINDS[kind.name] = kind
+    return kind
+
+
+def load_built_in_kinds() -> None:
+    for module in BUILT_IN_KINDS.values():
+        importlib.import_module(module)
+
+
+def list_kinds() -> list[str]:
+    load_built_in_kinds()
+    return sorted(_KINDS)
+
+
+def get_kind(name: str) -> CandidateKind:
+    if name not in _KINDS and name in BUILT_IN_KINDS:
+        importlib.import_module(BUILT_IN_KINDS[name])
+    if name not in _KINDS:
+        raise ValueError(f"unknown detector kind {name!r}; known: {', '.join(list_kinds())}")
+    return _KINDS[name]
+
+
+def default_candidates(pool: CandidatePool = CandidatePool(), kinds: tuple[str, ...] = ("knn",)) -> list[Candidate]:
+    """Every named kind's default candidates for `pool`, kind by kind."""
+    return [candidate for kind in kinds for candidate in get_kind(kind).defaults(pool)]
+
+
+def backbone_parameters(candidate: Candidate, features: "FeatureCache") -> int:
+    """How many parameters the candidate's backbones have together: its size, as "take the largest" means it."""
+    return sum(features.backbone(*key).n_params for key in candidate.backbone_keys)
 
 
 @dataclass(frozen=True)
 class EnsembleCandidate:
-    """The score ensemble of several candidates (detectors.ScoreEnsemble, members weighted by their backbone's
+    """The score ensemble of several candidates (detectors.ScoreEnsemble, members weighted by their backbones'
     parameter count): ranked, decided on and registered like any candidate."""
 
     members: tuple[Candidate, ...]
@@ -69,9 +119,17 @@ class EnsembleCandidate:
         return False
 
     @property
+    def is_standard(self) -> bool:
+        return False
+
+    @property
     def params(self) -> dict:
         return {"detector": "score_ensemble", "members": ",".join(member.name for member in self.members),
                 "member_weights": "backbone parameters"}
+
+    @property
+    def backbone_keys(self) -> tuple[tuple[str, str], ...]:
+        return tuple(dict.fromkeys(key for member in self.members for key in member.backbone_keys))
 
 
 def ensemble_candidate(spec: str, candidates: list[Candidate]) -> EnsembleCandidate | None:
@@ -80,7 +138,7 @@ def ensemble_candidate(spec: str, candidates: list[Candidate]) -> EnsembleCandid
     if spec not in ENSEMBLES:
         raise ValueError(f"unknown ensemble {spec!r}; choose from {', '.join(ENSEMBLES)}")
     pretrained = [c for c in candidates if not c.is_control]
-    members = pretrained if spec == "pretrained" else [c for c in pretrained if c.layer == spec]
+    members = pretrained if spec == "pretrained" else [c for c in pretrained if getattr(c, "layer", None) == spec]
     if spec == "none" or len(members) < 2:
         return None
     return EnsembleCandidate(tuple(members), f"{spec}-{len(members)}")

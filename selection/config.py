@@ -3,7 +3,7 @@ lines answer `--help` and argument errors before torch, MLflow or Optuna load.""
 
 from dataclasses import dataclass, field
 
-from selection.candidates import LAYERS, OFFLINE_BACKBONES, Candidate, default_candidates
+from selection.candidates import LAYERS, OFFLINE_BACKBONES, Candidate, CandidatePool, default_candidates
 from selection.confidence import DEFAULT_CONFIDENCE
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
@@ -26,6 +26,7 @@ class SelectionConfig:
     ensemble: str = "last"  # which candidates also join a score ensemble, ranked as one more candidate
     prior: str | None = None  # kept without strong evidence (default: the ensemble, else the largest pretrained)
     confidence: float = DEFAULT_CONFIDENCE  # (calibrated) probability the winner needs to overrule the prior
+    detectors: tuple[str, ...] = ("knn",)  # the detector kinds whose default candidates are ranked
     backbones: tuple[str, ...] = OFFLINE_BACKBONES
     layers: tuple[str, ...] = LAYERS
     k: int = 3
@@ -45,7 +46,7 @@ class SelectionConfig:
     device: str = "cpu"
 
     def candidates(self) -> list[Candidate]:
-        return default_candidates(self.backbones, self.layers, self.k, self.controls)
+        return default_candidates(CandidatePool(self.backbones, self.layers, self.k, self.controls), self.detectors)
 
 
 @dataclass

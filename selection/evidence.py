@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from compat.progress import progress
-from detectors import DeepKNN, FeatureCache, ScoreEnsemble, load_rgb
-from selection.candidates import Candidate, EnsembleCandidate
+from detectors import Detector, FeatureCache, ScoreEnsemble, load_rgb
+from selection.candidates import Candidate, EnsembleCandidate, backbone_parameters
 from selection.scoring import auroc, require_two_classes
 from selection.split import split_support
 from selection.tasks import Task, load_task
@@ -93,7 +93,7 @@ def object_name(task: Task) -> str:
 @dataclass
 class ScoredCandidate:
     row: dict  # the leaderboard row: synthetic_auroc/<generator>, synthetic_auroc (their mean), real_auroc
-    detector: DeepKNN | ScoreEnsemble  # fitted on the bank
+    detector: Detector  # fitted on the bank
     synthetic_scores: dict[str, np.ndarray]  # anomaly scores on each synthetic set, by generator
     real_scores: np.ndarray | None = None  # anomaly scores on the real validation set, where the task has one
 
@@ -112,7 +112,7 @@ def score_ensemble(ensemble: EnsembleCandidate, scored: dict[str, ScoredCandidat
     """The ensemble of already scored members, standardised on the held-out normals of the first synthetic
     set (every set shares them), scored from its members' scores without scoring any image again.
 
-    Each member weighs as much as its backbone has parameters: the soft form of the prior "take the largest
+    Each member weighs as much as its backbones have parameters: the soft form of the prior "take the largest
     model". With equal weights the ensemble lost to the largest model alone on the benchmark's tasks where
     that model is already close to the best (docs/selection-quality); weighted by size it did not."""
     members = [scored[member.name] for member in ensemble.members]
@@ -120,7 +120,7 @@ def score_ensemble(ensemble: EnsembleCandidate, scored: dict[str, ScoredCandidat
     normals = np.asarray(first.labels) == 0
     detector = ScoreEnsemble.from_heldout_scores(
         [m.detector for m in members], [m.synthetic_scores[first.generator][normals] for m in members],
-        weights=[features.backbone(member.backbone, member.weights).n_params for member in ensemble.members])
+        weights=[backbone_parameters(member, features) for member in ensemble.members])
     scores = {vs.generator: detector.combine([m.synthetic_scores[vs.generator] for m in members])
               for vs in evidence.validation_sets}
     real_scores = detector.combine([m.real_scores for m in members]) if evidence.has_real_labels else None
@@ -144,10 +144,7 @@ def check_candidates(candidates: list[Candidate], features: FeatureCache) -> Non
     if not candidates:
         raise ValueError("no candidates: give at least one backbone and layer")
     for candidate in candidates:
-        layers = features.backbone(candidate.backbone, candidate.weights).layers
-        if candidate.layer not in layers:
-            raise ValueError(f"backbone {candidate.backbone!r} has no layer {candidate.layer!r}; "
-                             f"its layers: {', '.join(layers)}")
+        candidate.check(features)
 
 
 def _load_images(paths, description: str) -> list[np.ndarray]:

@@ -8,7 +8,7 @@ import pandas as pd
 from compat.progress import progress
 from detectors import FeatureCache
 from selection import registry, tracking
-from selection.candidates import Candidate, EnsembleCandidate, ensemble_candidate
+from selection.candidates import Candidate, EnsembleCandidate, backbone_parameters, ensemble_candidate
 from selection.config import SelectionConfig
 from selection.confidence import Decision, decide, load_calibration
 from selection.report import Report
@@ -83,12 +83,12 @@ def prior_kind(config: SelectionConfig, ensemble: EnsembleCandidate | None) -> s
 
 
 def _largest_pretrained(candidates: list[Candidate], features: FeatureCache) -> Candidate | None:
-    """The no-evidence baseline: the pretrained backbone with the most parameters, at its last layer."""
+    """The no-evidence baseline: the pretrained candidate with the most backbone parameters, in its kind's
+    standard configuration (deep kNN: the last layer)."""
     pretrained = [c for c in candidates if not c.is_control]
     if not pretrained:
         return None
-    size = {b: features.backbone(b, "imagenet").n_params for b in {c.backbone for c in pretrained}}
-    return max(pretrained, key=lambda c: (size[c.backbone], c.layer == "last", c.name))
+    return max(pretrained, key=lambda c: (backbone_parameters(c, features), c.is_standard, c.name))
 
 
 def control_warnings(leaderboard: pd.DataFrame) -> list[str]:

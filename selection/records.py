@@ -21,7 +21,6 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 from sqlalchemy.exc import SQLAlchemyError
 
-from selection.config import CHALLENGER, CHAMPION
 
 # what reading a store can raise: MLflow's own errors, a database that is not one, a server that does not answer
 _READ_ERRORS = (MlflowException, SQLAlchemyError, OSError)

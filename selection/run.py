@@ -6,7 +6,7 @@ import sys
 
 from generation import list_generators
 from generation.models import CUT_MODEL, DIFFSTYLE_MODEL
-from selection.candidates import ENSEMBLES, LAYERS, OFFLINE_BACKBONES
+from selection.candidates import ENSEMBLES, LAYERS, OFFLINE_BACKBONES, list_kinds
 from selection.config import DEFAULT_TRACKING_URI, SelectionConfig
 from selection.confidence import DEFAULT_CONFIDENCE
 from selection.tasks import available_task_kinds
@@ -93,6 +93,9 @@ def parse_args(argv=None) -> SelectionConfig:
                     "labels where the task has them, and register the pick in the MLflow model registry.",
     )
     add_selection_arguments(parser)
+    parser.add_argument("--detectors", type=_csv, default=SelectionConfig.detectors,
+                        help=f"comma-separated detector kinds whose default candidates are ranked, from: "
+                             f"{', '.join(list_kinds())} (default {','.join(SelectionConfig.detectors)})")
     parser.add_argument("--k", type=int, default=3, help="neighbours in deep kNN (default 3)")
     parser.add_argument("--no-controls", dest="controls", action="store_false",
                         help="skip the negative controls (random-weight backbones, raw-pixel kNN)")
@@ -106,7 +109,10 @@ def parse_args(argv=None) -> SelectionConfig:
                         help="probability the synthetic winner needs to overrule the prior: calibrated on the "
                              "quality benchmark where it was measured for these generators, else the bootstrap's "
                              f"(default {DEFAULT_CONFIDENCE}; 0 always takes the synthetic winner)")
-    return selection_config(vars(parser.parse_args(argv)))
+    args = parser.parse_args(argv)
+    if unknown := sorted(set(args.detectors) - set(list_kinds())):
+        parser.error(f"unknown detector kind {', '.join(unknown)}; known: {', '.join(list_kinds())}")
+    return selection_config(vars(args))
 
 
 def main(argv=None) -> int:

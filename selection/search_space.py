@@ -1,16 +1,16 @@
-"""Optuna search spaces, one function per detector kind. Each turns a trial into a Candidate; adding a kind
-(CLIP prompts, VLAD) is one more decorated function."""
+"""Optuna search spaces, registered by name: each turns a trial into a candidate. A detector kind's module
+(selection/kinds/) registers the kind's space under the kind's name; `--space` chooses one."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from selection.candidates import Candidate
+from selection.candidates import load_built_in_kinds
 
 if TYPE_CHECKING:
     import optuna
 
-MAX_K = 20
+    from selection.candidates import Candidate
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class SpaceBounds:
     bank_size: int
 
 
-SearchSpace = Callable[["optuna.Trial", SpaceBounds], Candidate]
+SearchSpace = Callable[["optuna.Trial", SpaceBounds], "Candidate"]
 _SPACES: dict[str, SearchSpace] = {}
 
 
@@ -37,26 +37,12 @@ def search_space(name: str):
 
 
 def get_search_space(name: str) -> SearchSpace:
+    load_built_in_kinds()
     if name not in _SPACES:
         raise ValueError(f"unknown search space {name!r}; known: {', '.join(sorted(_SPACES))}")
     return _SPACES[name]
 
 
 def list_search_spaces() -> list[str]:
+    load_built_in_kinds()
     return sorted(_SPACES)
-
-
-@search_space("knn")
-def knn_space(trial: "optuna.Trial", bounds: SpaceBounds) -> Candidate:
-    """Deep kNN on pretrained backbones: backbone, layer, pooling, k (log scale) and feature normalisation."""
-    from detectors.features import POOLINGS
-    from detectors.knn import NORMALIZATIONS
-
-    return Candidate(
-        backbone=trial.suggest_categorical("backbone", bounds.backbones),
-        weights="imagenet",
-        layer=trial.suggest_categorical("layer", bounds.layers),
-        pooling=trial.suggest_categorical("pooling", POOLINGS),
-        k=trial.suggest_int("k", 1, min(MAX_K, bounds.bank_size), log=True),
-        normalize=trial.suggest_categorical("normalize", NORMALIZATIONS),
-    )

@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 from compat.progress import progress
 from detectors import FeatureCache
 from selection import registry, tracking
-from selection.candidates import Candidate
+from selection.candidates import Candidate, CandidatePool, default_candidates
 from selection.evidence import Evidence, check_candidates, evidence_digest, gather_evidence, score_candidate
 from selection.config import SearchConfig
 from selection.scoring import RankingComparison, compare_rankings
@@ -57,8 +57,8 @@ def run_search(config: SearchConfig) -> SearchResult:
         raise ValueError(f"need at least one trial and one worker, got {config.n_trials} and {config.workers}")
     space = get_search_space(config.space)
     features = FeatureCache(device=selection.device, directory=selection.feature_dir)
-    check_candidates([Candidate(b, "imagenet", layer) for b in selection.backbones for layer in selection.layers],
-                     features)
+    check_candidates(default_candidates(CandidatePool(selection.backbones, selection.layers, controls=False),
+                                        selection.detectors), features)
     evidence = gather_evidence(selection)
     tracking.configure(selection.tracking_uri, selection.experiment)
     study, run_id = _open_study(config, evidence)

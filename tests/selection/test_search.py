@@ -20,7 +20,8 @@ from detectors import FeatureCache
 from selection.evidence import gather_evidence
 from selection.config import CHAMPION
 from selection.search import parse_args
-from selection.search_space import MAX_K, SpaceBounds, get_search_space, list_search_spaces, search_space
+from selection.kinds.knn import MAX_K
+from selection.search_space import SpaceBounds, get_search_space, list_search_spaces, search_space
 from selection.study import SearchConfig, TrialObjective, run_search
 
 SMALL_BOTTLE = ["--task", "mvtec/bottle", "--max-support", "80", "--max-validation", "40", "--n-anomalies", "30",
