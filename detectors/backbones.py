@@ -117,24 +117,26 @@ class _FlatPixels(nn.Module):
 
 _FACTORIES: dict[str, Callable[[str, str], Backbone]] = {}
 _FAMILIES: dict[str, Callable[[str, str], Backbone]] = {}
-_LAYERS: dict[str, tuple[str, ...]] = {}  # by exact name or family prefix
+_SPECS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}  # name or family prefix -> (layers, weights)
 
 
-def register(name: str, layers: tuple[str, ...] = NETWORK_LAYERS):
-    """Register `factory(name, weights) -> Backbone`, whose backbones have `layers`, under an exact name."""
+def register(name: str, layers: tuple[str, ...] = NETWORK_LAYERS, weights: tuple[str, ...] = TRAINABLE_WEIGHTS):
+    """Register `factory(name, weights) -> Backbone` under an exact name: its backbones have `layers` and take
+    `weights`."""
     def decorator(factory):
         _FACTORIES[name] = factory
-        _LAYERS[name] = tuple(layers)
+        _SPECS[name] = (tuple(layers), tuple(weights))
         return factory
     return decorator
 
 
-def register_family(prefix: str, layers: tuple[str, ...] = NETWORK_LAYERS):
-    """Register `factory(name, weights) -> Backbone`, whose backbones have `layers`, for every backbone name
-    that starts with `prefix`."""
+def register_family(prefix: str, layers: tuple[str, ...] = NETWORK_LAYERS,
+                    weights: tuple[str, ...] = TRAINABLE_WEIGHTS):
+    """Register `factory(name, weights) -> Backbone` for every backbone name that starts with `prefix`: its
+    backbones have `layers` and take `weights`."""
     def decorator(factory):
         _FAMILIES[prefix] = factory
-        _LAYERS[prefix] = tuple(layers)
+        _SPECS[prefix] = (tuple(layers), tuple(weights))
         return factory
     return decorator
 
@@ -151,7 +153,12 @@ def create_backbone(name: str, weights: str = "imagenet") -> Backbone:
 
 def backbone_layers(name: str) -> tuple[str, ...]:
     """The layers the backbone `name` offers, known without building it (ValueError for an unknown name)."""
-    return _LAYERS[_factory(name)[0]]
+    return _SPECS[_factory(name)[0]][0]
+
+
+def backbone_weights(name: str) -> tuple[str, ...]:
+    """The weights the backbone `name` takes, known without building it (ValueError for an unknown name)."""
+    return _SPECS[_factory(name)[0]][1]
 
 
 def _factory(name: str) -> tuple[str, Callable[[str, str], Backbone]]:
@@ -316,8 +323,8 @@ def _timm_levels(reductions: list[int]) -> tuple[int, int]:
     return early, mid
 
 
-@register("pixels_16", PIXEL_LAYERS)
-@register("pixels_32", PIXEL_LAYERS)
+@register("pixels_16", PIXEL_LAYERS, ("none",))
+@register("pixels_32", PIXEL_LAYERS, ("none",))
 def _pixels(name: str, weights: str) -> Backbone:
     """Raw-pixel negative control: the image resized to 16x16 (or 32x32), [0, 1] values, flattened."""
     _check_weights(name, weights, ("none",))

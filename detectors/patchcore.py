@@ -1,0 +1,390 @@
+"""PatchCore (Roth et al., CVPR 2022): nearest-neighbour distances of locally aggregated patch features to a
+coreset of the normal images' patches; the image score is the largest patch score, the anomaly map the patch
+scores upsampled to the image and smoothed.
+
+Patch features: the feature maps of two mid-level layers of a frozen backbone ("early" at stride 8 and "mid"
+at stride 16 by default, the paper's layer2 + layer3), each averaged over a p x p neighbourhood (stride 1,
+zero padding left out of the average), the coarser map bilinearly upsampled to the finer grid and the two
+concatenated per position; optionally each vector is reduced to at most `dim` channels by adaptive average
+pooling over channels. The memory bank is every normal patch vector, subsampled by the greedy k-center
+coreset: start from a random patch (seeded) and repeatedly add the patch farthest from those chosen, with
+distances on a seeded Gaussian random projection to 128 dimensions (none when the features have at most 128);
+the bank keeps the chosen patches at full dimension. The selection is exact (the patch the brute-force rule
+picks) but prunes with the triangle inequality: a patch whose nearest chosen centre a has
+d(a, new centre) >= 2 d(patch, a) cannot come closer to the new centre, so only the others are measured.
+
+Scoring: a patch's score is the mean L2 distance to its k nearest bank patches (k = 1: the paper's nearest
+neighbour distance); the image score is the largest patch score, scaled when `reweight` by the paper's eq. 7:
+1 - exp(d(x*, m*)) / sum over m in N_b(m*) of exp(d(x*, m)), with x* the highest-scoring patch, m* its
+nearest bank patch and N_b(m*) the b = 9 bank patches nearest to m* (m* itself among them, as anomalib has it).
+
+Anomaly map: the patch scores on the feature grid, bilinearly upsampled to the backbone's input (S x S),
+Gaussian-smoothed with sigma = 4 px there, then bilinearly resized to the image (H x W). Sigma is the paper's
+4 px at its 224 px network input: half a stride-8 feature cell, the same whatever the image's size. At the
+image's own resolution that is sigma = 4 H / S px vertically and 4 W / S horizontally (16 px on a 900 px
+MVTec bottle at S = 224); 4 px at the image resolution would smooth a 900 px image four times less, relative
+to the object and to the feature grid, than the paper does. Smoothing before the last resize is the same
+linear operation up to interpolation error (checked in the tests), at a fraction of the cost on large images.
+
+Nearest-neighbour engine: exact, exhaustive torch search in chunks (bank norms precomputed, one addmm per
+(query chunk, bank chunk), a running top-k), then the distances of the chosen neighbours recomputed as
+plain differences, so that a score does not depend on the chunking or on the other images in the call.
+Chosen on measurement (benchmarks/patchcore_speed.py, 1,000 query patches, D = 152, 2 cores); see
+`ENGINE_NOTE`. No queries x bank matrix is ever formed: memory stays bounded at a bank of 10^6 patches.
+
+Defaults: efficientnet_lite0 (the offline backbone measured best on MVTec bottle, see the tests and the
+benchmark), layers early + mid (the paper's strides 8 and 16), coreset_ratio 0.1 (anomalib's default; the
+paper uses 1-10%), neighbourhood 3 and k 1 (the paper's), dim None (no reduction: the offline backbones give
+152 channels or fewer, well under the paper's 1,024), reweight False (the plain maximum, which the maps
+share), seed 0.
+"""
+
+import math
+import numbers
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
+from sklearn.exceptions import NotFittedError
+
+from detectors.backbones import backbone_layers, backbone_weights
+from detectors.banked import load_banked, save_banked
+from detectors.features import FeatureCache
+from detectors.interface import register_format
+
+_FORMAT = "patchcore/1"
+PROJECTION_DIM = 128
+REWEIGHT_NEIGHBOURS = 9  # b in the paper's eq. 7
+MAP_SIGMA = 4.0  # px at the backbone's input resolution
+IMAGE_BATCH = 32  # images whose patches are scored together
+QUERY_CHUNK = 1024  # query patches x bank patches per distance block: 1024 x 8192 float32 = 32 MiB
+BANK_CHUNK = 8192
+ENGINE_NOTE = "see benchmarks/patchcore_speed.py"
+
+
+class PatchCore:
+    """PatchCore anomaly detector with anomaly maps (see the module docstring for the method and defaults).
+
+    `features` is an optional shared FeatureCache (as for DeepKNN): detectors that share it compute each
+    image's feature maps once. It is not a hyper-parameter.
+    """
+
+    def __init__(self, backbone: str = "efficientnet_lite0", weights: str = "imagenet",
+                 layers=("early", "mid"), coreset_ratio: float = 0.1, neighbourhood: int = 3, k: int = 1,
+                 dim: int | None = None, reweight: bool = False, seed: int = 0,
+                 features: FeatureCache | None = None):
+        _check_params(backbone, weights, layers, coreset_ratio, neighbourhood, k, dim, reweight, seed)
+        self.backbone = backbone
+        self.weights = weights
+        self.layers = list(layers)
+        self.coreset_ratio = coreset_ratio
+        self.neighbourhood = neighbourhood
+        self.k = k
+        self.dim = dim
+        self.reweight = reweight
+        self.seed = seed
+        self.features = features
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {"backbone": self.backbone, "weights": self.weights, "layers": list(self.layers),
+                "coreset_ratio": self.coreset_ratio, "neighbourhood": self.neighbourhood, "k": self.k,
+                "dim": self.dim, "reweight": self.reweight, "seed": self.seed}
+
+    @property
+    def backbone_keys(self) -> list[tuple[str, str]]:
+        return [(self.backbone, self.weights)]
+
+    def __repr__(self) -> str:
+        return "PatchCore(" + ", ".join(f"{name}={value!r}" for name, value in self.get_params().items()) + ")"
+
+    def fit(self, normal_images) -> "PatchCore":
+        """Keep the coreset of the patch features of `normal_images` (uint8 HxWx3 arrays) as `bank_`."""
+        images = list(normal_images)
+        if not images:
+            raise ValueError("no normal images to fit PatchCore on")
+        patches = np.concatenate([grid.reshape(-1, grid.shape[-1]) for grid in self._patch_grids(images)])
+        if len(patches) < self.k:
+            raise ValueError(f"k={self.k} nearest neighbours need at least {self.k} normal patches, got {len(patches)}")
+        size = min(len(patches), max(self.k, math.ceil(self.coreset_ratio * len(patches))))
+        if size < len(patches):
+            patches = patches[greedy_coreset(patches, size, self.seed)]
+        self.bank_ = np.ascontiguousarray(patches, dtype=np.float32)
+        return self
+
+    def anomaly_scores(self, images) -> np.ndarray:
+        """(N,) anomaly scores of `images` (uint8 HxWx3 arrays): the largest patch score of each (eq. 7
+        reweighted if `reweight`), higher = more anomalous."""
+        return self.scores_and_maps(images, maps=False)[0]
+
+    def anomaly_maps(self, images) -> np.ndarray:
+        """(N, H, W) float32 anomaly maps of `images`, which must share one size H x W."""
+        return self.scores_and_maps(images, maps=True)[1]
+
+    def scores_and_maps(self, images, maps: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """The image scores (N,) and, if `maps`, the anomaly maps (N, H, W) float32, from one search."""
+        if not hasattr(self, "bank_"):
+            raise NotFittedError("this PatchCore is not fitted yet: call fit(normal_images) first")
+        images = list(images)
+        if maps:
+            _check_one_size(images)
+        bank = torch.from_numpy(self.bank_)
+        bank_norms = _squared_norms(bank)
+        scores, all_maps = [], []
+        for start in range(0, len(images), IMAGE_BATCH):
+            batch = images[start:start + IMAGE_BATCH]
+            grids = self._patch_grids(batch)
+            n, h, w, d = grids.shape
+            if d != bank.shape[1]:
+                raise ValueError(f"patch features have {d} dimensions, the bank {bank.shape[1]}: "
+                                 "the detector was fitted with other features")
+            queries = torch.from_numpy(grids.reshape(-1, d))
+            distances, indices = nearest_neighbours(bank, queries, self.k, bank_norms)
+            patch_scores = distances.mean(dim=1).reshape(n, h * w)
+            if self.reweight:
+                scores.append(reweighted_scores(bank, queries.reshape(n, h * w, d), patch_scores,
+                                                indices[:, 0].reshape(n, h * w), bank_norms))
+            else:
+                scores.append(patch_scores.amax(dim=1).double().numpy())
+            if maps:
+                size = self._input_size()
+                all_maps.append(anomaly_maps(patch_scores.reshape(n, h, w), size, batch[0].shape[:2]))
+        return np.concatenate(scores), (np.concatenate(all_maps) if maps else None)
+
+    def _input_size(self) -> int:
+        return self._cache().backbone(self.backbone, self.weights).input_size
+
+    def _cache(self) -> FeatureCache:
+        if self.features is not None:
+            return self.features
+        if not hasattr(self, "_own_features"):
+            self._own_features = FeatureCache()
+        return self._own_features
+
+    def _patch_grids(self, images: list[np.ndarray]) -> np.ndarray:
+        """(N, h, w, D) float32 patch features of `images`, computed IMAGE_BATCH images at a time."""
+        cache = self._cache()
+        grids = []
+        for start in range(0, len(images), IMAGE_BATCH):
+            maps = cache.feature_maps(self.backbone, self.weights, self.layers, images[start:start + IMAGE_BATCH])
+            grids.append(patch_features([maps[layer] for layer in self.layers], self.neighbourhood, self.dim))
+        if self.features is None:
+            cache.clear()  # unshared, it would only grow with every image ever scored
+        return np.concatenate(grids)
+
+    def save(self, directory) -> None:
+        """Write the hyper-parameters (params.json) and the memory bank (bank.npy) into `directory`."""
+        save_banked(self, directory, _FORMAT)
+
+    @classmethod
+    def load(cls, directory, features: FeatureCache | None = None) -> "PatchCore":
+        """A detector written by `save`, scoring through `features` if given."""
+        detector, bank = load_banked(cls, directory, _FORMAT, features)
+        problem = _bank_problem(bank, detector)
+        if problem:
+            raise ValueError(f"corrupt saved PatchCore in {directory}: {problem}")
+        detector.bank_ = bank
+        return detector
+
+
+def _bank_problem(bank: np.ndarray, detector: PatchCore) -> str | None:
+    if bank.ndim != 2 or bank.dtype != np.float32 or bank.shape[1] < 1:
+        return f"bank is a {bank.dtype} array of shape {bank.shape}, not (patches, D) float32"
+    if len(bank) < detector.k:
+        return f"bank holds {len(bank)} patches, fewer than k={detector.k}"
+    if detector.dim is not None and bank.shape[1] > detector.dim:
+        return f"bank has {bank.shape[1]} dimensions, more than dim={detector.dim}"
+    if not np.isfinite(bank).all():
+        return "bank holds non-finite values"
+    return None
+
+
+def _check_params(backbone, weights, layers, coreset_ratio, neighbourhood, k, dim, reweight, seed) -> None:
+    if not isinstance(backbone, str):
+        raise ValueError(f"backbone must be a backbone name, got {backbone!r}")
+    known_layers, known_weights = backbone_layers(backbone), backbone_weights(backbone)  # unknown name: ValueError
+    if weights not in known_weights:
+        raise ValueError(f"backbone {backbone!r} takes weights {' or '.join(map(repr, known_weights))}, not {weights!r}")
+    if isinstance(layers, str) or not isinstance(layers, (list, tuple)) or not layers:
+        raise ValueError(f"layers must be a non-empty list of layer names, got {layers!r}")
+    if len(set(layers)) != len(layers) or any(layer not in known_layers for layer in layers):
+        raise ValueError(f"layers must be distinct layers of {backbone!r} ({', '.join(known_layers)}), got {layers!r}")
+    if (isinstance(coreset_ratio, bool) or not isinstance(coreset_ratio, numbers.Real)
+            or not 0 < coreset_ratio <= 1):
+        raise ValueError(f"coreset_ratio must be a number in (0, 1], got {coreset_ratio!r}")
+    if not _is_int(neighbourhood) or neighbourhood < 1 or neighbourhood % 2 == 0:
+        raise ValueError(f"neighbourhood must be an odd positive integer, got {neighbourhood!r}")
+    if not _is_int(k) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if dim is not None and (not _is_int(dim) or dim < 1):
+        raise ValueError(f"dim must be None or a positive integer, got {dim!r}")
+    if not isinstance(reweight, bool):
+        raise ValueError(f"reweight must be True or False, got {reweight!r}")
+    if not _is_int(seed) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_one_size(images: list[np.ndarray]) -> None:
+    sizes = sorted({tuple(np.shape(image)[:2]) for image in images})
+    if len(sizes) > 1:
+        raise ValueError(f"anomaly maps need images of one size, got sizes {', '.join(map(str, sizes))}")
+
+
+def patch_features(maps: list[np.ndarray], neighbourhood: int, dim: int | None) -> np.ndarray:
+    """(N, h, w, D) float32 patch features from feature maps [(N, C_i, h_i, w_i)]: each averaged over its
+    neighbourhood x neighbourhood window (stride 1; padding not counted), all brought to the finest grid
+    (bilinear) and concatenated; reduced to at most `dim` channels by adaptive average pooling."""
+    tensors = [torch.from_numpy(np.asarray(m, dtype=np.float32)) for m in maps]
+    grid = max((t.shape[-2:] for t in tensors), key=lambda size: size[0] * size[1])
+    aggregated = []
+    for tensor in tensors:
+        if neighbourhood > 1:
+            tensor = F.avg_pool2d(tensor, neighbourhood, stride=1, padding=neighbourhood // 2,
+                                  count_include_pad=False)
+        if tensor.shape[-2:] != grid:
+            tensor = F.interpolate(tensor, size=tuple(grid), mode="bilinear", align_corners=False)
+        aggregated.append(tensor)
+    features = torch.cat(aggregated, dim=1).permute(0, 2, 3, 1)  # (N, h, w, D)
+    if dim is not None and features.shape[-1] > dim:
+        n, h, w, d = features.shape
+        features = F.adaptive_avg_pool1d(features.reshape(-1, 1, d), dim).reshape(n, h, w, dim)
+    return np.ascontiguousarray(features.numpy(), dtype=np.float32)
+
+
+def _squared_norms(rows: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("ij,ij->i", rows, rows)
+
+
+def coreset_projection(features: np.ndarray, seed: int) -> tuple[torch.Tensor, int]:
+    """(the rows of `features` (n, D) as the greedy coreset measures them, the seeded random start): a Gaussian
+    random projection to PROJECTION_DIM dimensions, computed in chunks, when D exceeds it; else the rows as
+    they are."""
+    rng = np.random.default_rng(seed)
+    start = int(rng.integers(len(features)))
+    rows = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+    if rows.shape[1] <= PROJECTION_DIM:
+        return rows, start
+    projection = torch.from_numpy(
+        rng.standard_normal((rows.shape[1], PROJECTION_DIM), dtype=np.float32) / np.float32(math.sqrt(PROJECTION_DIM)))
+    projected = torch.empty((len(rows), PROJECTION_DIM), dtype=torch.float32)
+    for chunk in range(0, len(rows), 65536):
+        torch.mm(rows[chunk:chunk + 65536], projection, out=projected[chunk:chunk + 65536])
+    return projected, start
+
+
+def greedy_coreset(features: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Indices of `size` rows of `features` (n, D) chosen by the greedy k-center rule on the seeded random
+    projection (see `coreset_projection`), in the order chosen."""
+    points, start = coreset_projection(features, seed)
+    return greedy_k_center(points, size, start)
+
+
+def greedy_k_center(points: torch.Tensor, size: int, start: int) -> np.ndarray:
+    """Indices of `size` rows of `points` (n, d): `start`, then repeatedly the row farthest (L2) from those
+    chosen (the first such row on ties). Exact; rows that the triangle inequality shows cannot come closer to
+    the new centre than to their nearest chosen one are not measured."""
+    n = len(points)
+    if not 1 <= size <= n:
+        raise ValueError(f"a coreset of {size} rows cannot be chosen from {n}")
+    norms = _squared_norms(points)
+    nearest = torch.full((n,), math.inf)  # squared distance to the nearest chosen row
+    owner = torch.zeros(n, dtype=torch.long)  # which chosen row (by order) that is
+    centres = torch.empty((size, points.shape[1]))
+    centre_norms = torch.empty(size)
+    # Rounding slack on the pruning bound: measured anyway when within 1% (plus a tiny absolute margin)
+    slack = 1e-5 * float(norms.max())
+    chosen = np.empty(size, dtype=np.int64)
+    index = start
+    for order in range(size):
+        chosen[order] = index
+        centre = points[index]
+        centres[order], centre_norms[order] = centre, norms[index]
+        if order == 0:
+            rows = None
+            distances = norms - 2 * (points @ centre) + norms[index]
+        else:
+            between = centre_norms[:order] - 2 * (centres[:order] @ centre) + norms[index]  # to every centre
+            rows = torch.nonzero(between[owner] < 4.04 * nearest + slack).squeeze(1)
+            distances = norms[rows] - 2 * (points[rows] @ centre) + norms[index]
+        if rows is None:
+            closer = distances < nearest
+            nearest = torch.where(closer, distances, nearest)
+            owner[closer] = order
+        else:
+            closer = distances < nearest[rows]
+            rows = rows[closer]
+            nearest[rows] = distances[closer]
+            owner[rows] = order
+        nearest[index] = 0.0
+        index = int(torch.argmax(nearest))
+    return chosen
+
+
+def nearest_neighbours(bank: torch.Tensor, queries: torch.Tensor, k: int,
+                       bank_norms: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distances (q, k) float32, indices (q, k) int64) of the `k` nearest rows of `bank` (L2) to each row of
+    `queries`, nearest first: an exhaustive search in blocks of QUERY_CHUNK x BANK_CHUNK, then the chosen
+    neighbours' distances recomputed as plain differences (exact to float32, whatever the blocks)."""
+    if k > len(bank):
+        raise ValueError(f"k={k} nearest neighbours need at least {k} bank patches, got {len(bank)}")
+    bank_norms = _squared_norms(bank) if bank_norms is None else bank_norms
+    all_indices = []
+    for start in range(0, len(queries), QUERY_CHUNK):
+        block = queries[start:start + QUERY_CHUNK]
+        best = torch.full((len(block), k), math.inf)
+        best_indices = torch.zeros((len(block), k), dtype=torch.long)
+        for first in range(0, len(bank), BANK_CHUNK):
+            # |q|^2 is the same for every bank row: left out, it does not change which rows are nearest
+            partial = torch.addmm(bank_norms[first:first + BANK_CHUNK], block, bank[first:first + BANK_CHUNK].T,
+                                  alpha=-2)
+            if k == 1:
+                values, indices = partial.min(dim=1, keepdim=True)
+            else:
+                values, indices = partial.topk(min(k, partial.shape[1]), dim=1, largest=False)
+            values = torch.cat([best, values], dim=1)
+            indices = torch.cat([best_indices, indices + first], dim=1)
+            order = values.topk(k, dim=1, largest=False).indices if k > 1 else values.argmin(dim=1, keepdim=True)
+            best, best_indices = values.gather(1, order), indices.gather(1, order)
+        all_indices.append(best_indices)
+    indices = torch.cat(all_indices)
+    distances = torch.linalg.vector_norm(queries[:, None, :] - bank[indices], dim=2)
+    distances, order = distances.sort(dim=1, stable=True)
+    return distances, indices.gather(1, order)
+
+
+def reweighted_scores(bank: torch.Tensor, patches: torch.Tensor, patch_scores: torch.Tensor,
+                      nearest: torch.Tensor, bank_norms: torch.Tensor | None = None,
+                      neighbours: int = REWEIGHT_NEIGHBOURS) -> np.ndarray:
+    """(N,) float64 image scores by the paper's eq. 7: each image's largest patch score times
+    1 - exp(d(x*, m*)) / sum over m in N_b(m*) of exp(d(x*, m)), where x* is its highest-scoring patch
+    (`patches` (N, P, D), `patch_scores` (N, P)), m* the bank patch nearest to it (`nearest` (N, P) holds each
+    patch's nearest bank index) and N_b(m*) the b = `neighbours` bank patches nearest to m*, m* among them."""
+    top_patch = patch_scores.argmax(dim=1)
+    rows = torch.arange(len(top_patch))
+    worst_patches, anchors = patches[rows, top_patch], nearest[rows, top_patch]
+    _, support = nearest_neighbours(bank, bank[anchors], min(neighbours, len(bank)), bank_norms)  # (N, b)
+    distances = torch.linalg.vector_norm(worst_patches[:, None, :] - bank[support], dim=2).double()
+    to_anchor = torch.linalg.vector_norm(worst_patches - bank[anchors], dim=1).double()
+    # m* is among its own nearest bank patches (or, where b duplicates of it tie, they stand for it at the
+    # same distance); exponentials shifted by the largest distance, which cancels
+    top = torch.maximum(distances.amax(dim=1), to_anchor)
+    weights = 1 - torch.exp(to_anchor - top) / torch.exp(distances - top[:, None]).sum(dim=1)
+    return (weights * patch_scores[rows, top_patch].double()).numpy()
+
+
+def anomaly_maps(patch_scores: torch.Tensor, input_size: int, image_size: tuple[int, int]) -> np.ndarray:
+    """(N, H, W) float32 maps from (N, h, w) patch scores: bilinear to input_size x input_size, Gaussian
+    sigma MAP_SIGMA there, bilinear to the image size (H, W)."""
+    grid = patch_scores[:, None].float()
+    grid = F.interpolate(grid, size=(input_size, input_size), mode="bilinear", align_corners=False)
+    smoothed = gaussian_filter(grid[:, 0].numpy(), sigma=(0, MAP_SIGMA, MAP_SIGMA), mode="reflect", truncate=4.0)
+    maps = F.interpolate(torch.from_numpy(smoothed)[:, None], size=tuple(image_size), mode="bilinear",
+                         align_corners=False)
+    return np.ascontiguousarray(maps[:, 0].numpy(), dtype=np.float32)
+
+
+register_format(_FORMAT, PatchCore.load)
