@@ -26,6 +26,17 @@ def load_rgb(path, name: str | None = None) -> np.ndarray:
         raise ImageReadError(f"cannot read image {name}: {_reason(error)}") from error
 
 
+def load_mask(path) -> np.ndarray:
+    """The pixel ground truth at `path` as an (H, W) float32 array in [0, 1] (grey level / 255)."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("L"), dtype=np.float32) / 255
+    except FileNotFoundError:
+        raise ImageReadError(f"cannot read mask {path}: no such file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImageReadError(f"cannot read mask {path}: {_reason(error)}") from error
+
+
 def _to_rgb8(image: Image.Image) -> np.ndarray:
     if image.mode in _SIXTEEN_BIT_MODES:
         # PIL's own conversion clips 16-bit values at 255 instead of rescaling them

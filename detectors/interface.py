@@ -36,7 +36,10 @@ class Detector(Protocol):
 @runtime_checkable
 class Localiser(Detector, Protocol):
     def anomaly_maps(self, images) -> np.ndarray:
-        """(N, H, W) float32 at the images' size, higher = more anomalous."""
+        """(N, H, W) float32 at the images' size (which they share), higher = more anomalous."""
+
+    def scores_and_maps(self, images) -> tuple[np.ndarray, np.ndarray]:
+        """`anomaly_scores` and `anomaly_maps` of the same images from one pass."""
 
 
 Loader = Callable[[Path, "FeatureCache | None"], Detector]

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 OFFLINE_BACKBONES = ("mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 LAYERS = ("last", "mid")
 ENSEMBLES = ("none", "pretrained", *LAYERS)  # which candidates a score ensemble joins (see ensemble_candidate)
-BUILT_IN_KINDS = {"knn": "selection.kinds.knn"}  # name -> module that registers it
+BUILT_IN_KINDS = {"knn": "selection.kinds.knn", "patchcore": "selection.kinds.patchcore"}  # name -> module that registers it
 
 
 class Candidate(Protocol):
@@ -100,6 +100,15 @@ def default_candidates(pool: CandidatePool = CandidatePool(), kinds: tuple[str, 
 def backbone_parameters(candidate: Candidate, features: "FeatureCache") -> int:
     """How many parameters the candidate's backbones have together: its size, as "take the largest" means it."""
     return sum(features.backbone(*key).n_params for key in candidate.backbone_keys)
+
+
+def largest_pretrained(candidates: list[Candidate], features: "FeatureCache") -> Candidate | None:
+    """The no-evidence baseline: the pretrained candidate with the most backbone parameters, in its kind's
+    standard configuration (deep kNN: the last layer)."""
+    pretrained = [c for c in candidates if not c.is_control]
+    if not pretrained:
+        return None
+    return max(pretrained, key=lambda c: (backbone_parameters(c, features), c.is_standard, c.name))
 
 
 @dataclass(frozen=True)

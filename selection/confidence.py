@@ -77,6 +77,13 @@ class Decision:
     calibrated_confidence: float | None = None  # how often such a winner was really better, over the benchmark
     calibration_runs: int | None = None  # benchmark runs behind the calibrated confidence
 
+    def tags(self) -> dict[str, str | float]:
+        """The decision as a registered version records it."""
+        return {"synthetic_winner": self.winner, "prior": self.prior or "none",
+                "confidence_over_prior": "n/a" if self.confidence is None else self.confidence,
+                "calibrated_confidence": "n/a" if self.calibrated_confidence is None else self.calibrated_confidence,
+                "confidence_threshold": self.threshold, "decision": self.reason}
+
     @property
     def reason(self) -> str:
         if self.prior is None:

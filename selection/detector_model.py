@@ -1,11 +1,12 @@
-"""The MLflow pyfunc wrapper of a fitted detector (a deep kNN or a score ensemble), logged as code (MLflow's
+"""The MLflow pyfunc wrapper of a fitted detector of any kind, logged as code (MLflow's
 models-from-code) so that loading a registered model runs this file instead of unpickling an object. Its
 artefact is a detector bundle (detectors/bundle.py): the backbones' weights travel with the model.
 
 Input: a DataFrame with an `image` column (image files, base64-encoded as JSON carries them, or bytes) or a
 `path` column (files the model's process can read): what a served model receives; in process also a list
 of paths, a list of (H, W, 3) uint8 images or an (N, H, W, 3) array. Output: anomaly scores, higher = more
-anomalous.
+anomalous; with the parameter `maps` true (detectors with anomaly maps only), a DataFrame with a `score` and
+a `map` column, each map an (H, W) float32 array at its image's size.
 """
 
 import base64
@@ -16,10 +17,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from detectors import FeatureCache, load_rgb
+from detectors import FeatureCache, Localiser, load_rgb
 from detectors.bundle import load_bundle
 
 IMAGE_COLUMN, PATH_COLUMN = "image", "path"
+MAPS_PARAM = "maps"
 
 
 class DetectorModel(mlflow.pyfunc.PythonModel):
@@ -29,10 +31,32 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
 
     # MLflow reads a DataFrame hint as "no schema to check": in process the model also takes lists and arrays
     def predict(self, context, model_input: pd.DataFrame, params=None):
+        wants_maps = bool((params or {}).get(MAPS_PARAM))
+        if wants_maps and not isinstance(self.detector, Localiser):
+            raise ValueError(f"{MAPS_PARAM}=true, but this model's detector ({type(self.detector).__name__}) "
+                             "scores whole images and has no anomaly maps")
+        images = as_images(model_input)
         try:
-            return self.detector.anomaly_scores(as_images(model_input))
+            if not wants_maps:
+                return self.detector.anomaly_scores(images)
+            scores, maps = _scores_and_maps(self.detector, images)
+            return pd.DataFrame({"score": scores, "map": maps})
         finally:
             self.features.clear()  # a served model sees new images all the time: keep no features
+
+
+def _scores_and_maps(detector: Localiser, images: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Scores and maps of images of any sizes: each size is one pass."""
+    scores, maps = np.empty(len(images)), [None] * len(images)
+    by_size = {}
+    for index, image in enumerate(images):
+        by_size.setdefault(image.shape[:2], []).append(index)
+    for indices in by_size.values():
+        group_scores, group_maps = detector.scores_and_maps([images[i] for i in indices])
+        scores[indices] = group_scores
+        for i, image_map in zip(indices, group_maps):
+            maps[i] = image_map
+    return scores, maps
 
 
 def as_images(model_input) -> list[np.ndarray]:

@@ -2,14 +2,16 @@
 by, and the task's real labelled validation set where it has one (reported, never used to pick)."""
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from compat.progress import progress
-from detectors import Detector, FeatureCache, ScoreEnsemble, load_rgb
+from detectors import Detector, FeatureCache, Localiser, ScoreEnsemble, load_rgb
+from detectors.images import load_mask
 from selection.candidates import Candidate, EnsembleCandidate, backbone_parameters
+from selection.localisation import aupro, binarise_masks, pixel_auroc
 from selection.scoring import auroc, require_two_classes
 from selection.split import split_support
 from selection.tasks import Task, load_task
@@ -24,6 +26,9 @@ class Evidence:
     synthetic_images: dict[str, list[np.ndarray]]  # by generator
     real_images: list[np.ndarray] | None = None
     real_labels: np.ndarray | None = None
+    # pixel ground truth (N, H, W) bool, where every anomaly of the set has a mask and all its images one size
+    synthetic_masks: dict[str, np.ndarray | None] = field(default_factory=dict)  # by generator
+    real_masks: np.ndarray | None = None
 
     @property
     def has_real_labels(self) -> bool:
@@ -58,11 +63,32 @@ def gather_evidence(config) -> Evidence:
         require_two_classes(validation_set.labels, f"synthetic set {validation_set.generator}")
     evidence = Evidence(task, [support[i] for i in split.bank], validation_sets,
                         {vs.generator: [_read_only(image) for image in vs.load_images()] for vs in validation_sets})
+    evidence.synthetic_masks = {vs.generator: pixel_truth(evidence.synthetic_images[vs.generator], vs.labels,
+                                                          vs.mask_paths) for vs in validation_sets}
     if task.validation:
         evidence.real_images = _load_images([item.path for item in task.validation], "real validation images")
         evidence.real_labels = np.array([item.label for item in task.validation])
         require_two_classes(evidence.real_labels, f"real validation set of {task.name}")
+        evidence.real_masks = pixel_truth(evidence.real_images, evidence.real_labels,
+                                          [item.mask_path for item in task.validation])
     return evidence
+
+
+def pixel_truth(images: list[np.ndarray], labels, mask_paths) -> np.ndarray | None:
+    """(N, H, W) bool anomalous pixels of a labelled set (none for its normals), or None where an anomaly
+    has no mask or the images differ in size: pixel metrics are then not defined for the set."""
+    shapes = {image.shape[:2] for image in images}
+    if len(shapes) != 1 or any(label == 1 and not path for label, path in zip(labels, mask_paths)):
+        return None
+    truth = np.zeros((len(images), *shapes.pop()), dtype=bool)
+    for index, (label, path) in enumerate(zip(labels, mask_paths)):
+        if label == 1:
+            mask = load_mask(path)
+            if mask.shape != truth.shape[1:]:
+                raise ValueError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} px, its image "
+                                 f"{truth.shape[2]}x{truth.shape[1]} px")
+            truth[index] = binarise_masks(mask)
+    return truth
 
 
 def _generator_params(config, task: Task, generator: str) -> dict:
@@ -92,7 +118,8 @@ def object_name(task: Task) -> str:
 
 @dataclass
 class ScoredCandidate:
-    row: dict  # the leaderboard row: synthetic_auroc/<generator>, synthetic_auroc (their mean), real_auroc
+    row: dict  # the leaderboard row: synthetic_auroc/<generator>, synthetic_auroc (their mean), real_auroc,
+    # and for detectors with maps, on the sets with masks: the same for pixel_auroc and aupro
     detector: Detector  # fitted on the bank
     synthetic_scores: dict[str, np.ndarray]  # anomaly scores on each synthetic set, by generator
     real_scores: np.ndarray | None = None  # anomaly scores on the real validation set, where the task has one
@@ -101,10 +128,41 @@ class ScoredCandidate:
 def score_candidate(candidate: Candidate, evidence: Evidence, features: FeatureCache) -> ScoredCandidate:
     """The candidate fitted on the bank and scored on every synthetic set and, with real labels, the real set."""
     detector = candidate.detector(features).fit(evidence.bank)
-    scores = {vs.generator: detector.anomaly_scores(evidence.synthetic_images[vs.generator])
-              for vs in evidence.validation_sets}
-    real_scores = detector.anomaly_scores(evidence.real_images) if evidence.has_real_labels else None
-    return _scored(candidate, detector, scores, real_scores, evidence)
+    scores, pixel_metrics = {}, {}
+    for vs in evidence.validation_sets:
+        scores[vs.generator], pixel_metrics[f"synthetic/{vs.generator}"] = _score_set(
+            detector, evidence.synthetic_images[vs.generator], evidence.synthetic_masks.get(vs.generator),
+            f"synthetic set {vs.generator}")
+    real_scores = None
+    if evidence.has_real_labels:
+        real_scores, pixel_metrics["real"] = _score_set(detector, evidence.real_images, evidence.real_masks,
+                                                        f"real validation set of {evidence.task.name}")
+    scored = _scored(candidate, detector, scores, real_scores, evidence)
+    scored.row.update(_pixel_columns(pixel_metrics))
+    return scored
+
+
+def _score_set(detector: Detector, images, masks: np.ndarray | None, set_name: str) -> tuple[np.ndarray, dict]:
+    """The detector's image scores on a set and, where it has maps and the set masks, P-AUROC and AUPRO."""
+    if masks is None or not isinstance(detector, Localiser):
+        return detector.anomaly_scores(images), {}
+    scores, maps = detector.scores_and_maps(images)
+    return scores, {"pixel_auroc": pixel_auroc(masks, maps, set_name), "aupro": aupro(masks, maps, set_name=set_name)}
+
+
+def _pixel_columns(pixel_metrics: dict[str, dict]) -> dict[str, float]:
+    """Leaderboard columns synthetic_<metric>/<generator>, synthetic_<metric> (the mean over the sets that
+    have it) and real_<metric>, for each pixel metric measured."""
+    columns = {}
+    for metric in ("pixel_auroc", "aupro"):
+        synthetic = {name.split("/", 1)[1]: values[metric] for name, values in pixel_metrics.items()
+                     if name.startswith("synthetic/") and metric in values}
+        columns.update({f"synthetic_{metric}/{generator}": value for generator, value in synthetic.items()})
+        if synthetic:
+            columns[f"synthetic_{metric}"] = float(np.mean(list(synthetic.values())))
+        if metric in pixel_metrics.get("real", {}):
+            columns[f"real_{metric}"] = pixel_metrics["real"][metric]
+    return columns
 
 
 def score_ensemble(ensemble: EnsembleCandidate, scored: dict[str, ScoredCandidate], evidence: Evidence,

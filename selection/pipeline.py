@@ -8,7 +8,7 @@ import pandas as pd
 from compat.progress import progress
 from detectors import FeatureCache
 from selection import registry, tracking
-from selection.candidates import Candidate, EnsembleCandidate, backbone_parameters, ensemble_candidate
+from selection.candidates import Candidate, EnsembleCandidate, ensemble_candidate, largest_pretrained
 from selection.config import SelectionConfig
 from selection.confidence import Decision, decide, load_calibration
 from selection.report import Report
@@ -51,7 +51,7 @@ def run_selection(config: SelectionConfig) -> SelectionResult:
     if ensemble:
         scored[ensemble.name] = score_ensemble(ensemble, scored, evidence, features)
     leaderboard = _rank(pd.DataFrame([item.row for item in scored.values()]))
-    baseline = _largest_pretrained(candidates, features)
+    baseline = largest_pretrained(candidates, features)
     prior = config.prior or (ensemble.name if ensemble else baseline.name if baseline else None)
     decision = decide(list(leaderboard["candidate"]), prior,
                       {vs.generator: vs.labels for vs in evidence.validation_sets},
@@ -80,15 +80,6 @@ def prior_kind(config: SelectionConfig, ensemble: EnsembleCandidate | None) -> s
     if config.prior is not None:
         return None
     return f"ensemble/{config.ensemble}" if ensemble else "largest model"
-
-
-def _largest_pretrained(candidates: list[Candidate], features: FeatureCache) -> Candidate | None:
-    """The no-evidence baseline: the pretrained candidate with the most backbone parameters, in its kind's
-    standard configuration (deep kNN: the last layer)."""
-    pretrained = [c for c in candidates if not c.is_control]
-    if not pretrained:
-        return None
-    return max(pretrained, key=lambda c: (backbone_parameters(c, features), c.is_standard, c.name))
 
 
 def control_warnings(leaderboard: pd.DataFrame) -> list[str]:
@@ -128,7 +119,7 @@ def _record(config: SelectionConfig, result: SelectionResult, by_name: dict[str,
     params = {k: ",".join(v) if isinstance(v, tuple) else v for k, v in params.items()}
     with tracking.parent_run(result.task.name, "selection", params, result.validation_sets) as run:
         result.run_id = run.info.run_id
-        metric_columns = [c for c in result.leaderboard.columns if "auroc" in c]
+        metric_columns = [c for c in result.leaderboard.columns if "auroc" in c or "aupro" in c]
         for row in result.leaderboard.to_dict("records"):
             candidate = by_name[row["candidate"]]
             tracking.log_candidate(result.task.name, candidate.name, candidate.params,
@@ -138,21 +129,17 @@ def _record(config: SelectionConfig, result: SelectionResult, by_name: dict[str,
         summary = tracking.Summary(result.leaderboard, metrics, tags, selection_report(result))
         pick = _pick(result, picked_detector) if config.register else None
         result.promotion = registry.record_and_promote(result.task.name, result.validation_sets, summary, pick,
-                                                       config.model_name)
+                                                       config.model_name, config.confidence, config.seed)
 
 
 def _pick(result: SelectionResult, detector) -> registry.Pick:
     chosen = result.leaderboard.set_index("candidate").loc[result.pick.name]
-    decision = result.decision
-    evidence = {"synthetic_winner": decision.winner, "prior": decision.prior or "none",
-                "confidence_over_prior": "n/a" if decision.confidence is None else decision.confidence,
-                "calibrated_confidence": ("n/a" if decision.calibrated_confidence is None
-                                          else decision.calibrated_confidence),
-                "confidence_threshold": decision.threshold, "decision": decision.reason}
+    evidence = result.decision.tags()
     if result.comparisons:
         main = result.comparisons.get(MEAN) or next(iter(result.comparisons.values()))
         evidence.update(kendall_tau=main.tau, kendall_p=main.p_value)
     return registry.Pick(result.pick.name, detector, float(chosen["synthetic_auroc"]),
+                         result.scored[result.pick.name].synthetic_scores,
                          float(chosen["real_auroc"]) if result.comparisons else None, evidence)
 
 
@@ -194,6 +181,18 @@ def _pick_real_auroc_and_regret(result: SelectionResult) -> tuple[float, float] 
     return float(pick), float(best_single - pick)
 
 
+def pixel_metrics_note(leaderboard: pd.DataFrame) -> str:
+    """Which candidates have pixel metrics, on which sets: the ranking and the decision use image AUROC."""
+    if "synthetic_pixel_auroc" not in leaderboard and "real_pixel_auroc" not in leaderboard:
+        return "ranked on image AUROC; no candidate has both anomaly maps and a set with pixel masks"
+    localised = leaderboard.filter(like="pixel_auroc").notna().any(axis=1)
+    sets = [column.split("/", 1)[1] for column in leaderboard.columns if column.startswith("synthetic_pixel_auroc/")]
+    sets += ["real"] if "real_pixel_auroc" in leaderboard else []
+    return (f"ranked on image AUROC; pixel metrics (P-AUROC, AUPRO) on {', '.join(sets)} for the "
+            f"{int(localised.sum())} candidates with anomaly maps; the other {int((~localised).sum())} "
+            "(no maps) have image metrics only")
+
+
 def _tau_text(tau: float, p_value: float) -> str:
     if tau != tau:  # NaN: scipy's answer when one ranking is constant
         return "Kendall tau-b undefined (every candidate scored the same)"
@@ -216,6 +215,7 @@ def selection_report(result: SelectionResult) -> Report:
                      f"{vs.n_anomalies} anomalies, digest {vs.digest} ({'reused' if vs.reused else 'generated'}; "
                      f"{vs.rejected} invisible draws rejected; "
                      f"{'pixel masks' if vs.has_masks else 'image labels only, no pixel masks'})")
+    lines.append(pixel_metrics_note(result.leaderboard))
     decision = result.decision
     lines.append(f"synthetic winner: {decision.winner}"
                  + ("" if decision.runner_up_confidence is None else

@@ -1,28 +1,42 @@
 """The picked detector as an MLflow pyfunc model, registered and promoted by alias on its evidence.
 
-`champion` moves to a new version only if it beats the current champion on the same synthetic validation
-evidence (same digest); otherwise the new version is the `challenger`. Version tags carry the evidence.
+`champion` moves to a new version only by the rule that picks it within a selection: the current champion is
+the prior, kept unless the new version beats it in at least the confidence threshold's share of stratified
+bootstrap resamples of the same synthetic validation sets (same digest), in every generator family. Each
+version's per-image synthetic scores are kept beside it (`synthetic_scores/v<version>.json` in its run) so a
+later version can be compared with it; a version on other sets, or against a champion without kept scores,
+is the `challenger`. Version tags carry the evidence and the reason.
 """
 
 import logging
 import re
 import tempfile
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
+import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types.schema import ParamSchema, ParamSpec
 
 import compat
 import detectors
-from detectors import DeepKNN, ScoreEnsemble
+from detectors import Detector
 from detectors.bundle import save_bundle
 from selection import tracking
+from selection.confidence import DEFAULT_CONFIDENCE, every_family_beats
 from selection.config import CHALLENGER, CHAMPION
+from selection.detector_model import MAPS_PARAM
 from selection.evidence import evidence_digest
 from selection.validation_set import ValidationSet
+
+# inputs are files, paths or arrays (see detector_model.py): no input schema; `maps` asks for anomaly maps
+MODEL_SIGNATURE = ModelSignature(inputs=None, params=ParamSchema([ParamSpec(MAPS_PARAM, "boolean", False)]))
+SCORES_DIR = "synthetic_scores"
 
 
 @dataclass(frozen=True)
@@ -40,8 +54,9 @@ class Promotion:
 class Pick:
     """What a selection or a search chose, with its evidence; `detector` is fitted on the normal bank."""
     candidate: str
-    detector: DeepKNN | ScoreEnsemble
+    detector: Detector
     synthetic_auroc: float
+    synthetic_scores: dict[str, np.ndarray]  # its anomaly scores on each synthetic set, by generator
     real_auroc: float | None = None
     evidence: dict = field(default_factory=dict)  # tagged on the model version beside the common evidence
 
@@ -51,9 +66,11 @@ def default_model_name(task: str) -> str:
 
 
 def record_and_promote(task: str, validation_sets: list[ValidationSet], summary: tracking.Summary,
-                       pick: Pick | None, model_name: str | None) -> Promotion | None:
+                       pick: Pick | None, model_name: str | None, threshold: float = DEFAULT_CONFIDENCE,
+                       seed: int = 0) -> Promotion | None:
     """The end of a selection or a search, inside its parent run: the summary logged and, where there is a
-    pick, it registered as `model_name` (default anomaly-<task>) and promoted on its evidence."""
+    pick, it registered as `model_name` (default anomaly-<task>) and promoted on its evidence (`threshold`:
+    the confidence it needs to displace the champion)."""
     tracking.log_summary(summary)
     if pick is None:
         return None
@@ -61,14 +78,18 @@ def record_and_promote(task: str, validation_sets: list[ValidationSet], summary:
                 "dataset_digest": evidence_digest(validation_sets)}
     if pick.real_auroc is not None:
         evidence["real_auroc"] = pick.real_auroc
-    return register_and_promote(model_name or default_model_name(task), pick.detector, {**evidence, **pick.evidence})
+    return register_and_promote(model_name or default_model_name(task), pick.detector, {**evidence, **pick.evidence},
+                                {vs.generator: vs.labels for vs in validation_sets}, pick.synthetic_scores,
+                                threshold, seed)
 
 
-def register_and_promote(model_name: str, detector: DeepKNN | ScoreEnsemble,
-                         evidence: dict[str, str | float]) -> Promotion:
+def register_and_promote(model_name: str, detector: Detector, evidence: dict[str, str | float],
+                         labels: dict[str, np.ndarray], scores: dict[str, np.ndarray],
+                         threshold: float = DEFAULT_CONFIDENCE, seed: int = 0) -> Promotion:
     """Log `detector` with its backbones' weights under the active run, register it and set its alias.
     `evidence` must hold `synthetic_auroc` and `dataset_digest`; anything else (real AUROC, tau, candidate)
-    is tagged as is."""
+    is tagged as is. `labels` and `scores` (by generator) are the synthetic sets' labels and the detector's
+    scores on them, which decide against the champion and are kept for later versions."""
     with tempfile.TemporaryDirectory() as tmp, _quiet_signature_inference():
         save_bundle(detector, Path(tmp) / "bundle")
         info = mlflow.pyfunc.log_model(
@@ -78,9 +99,12 @@ def register_and_promote(model_name: str, detector: DeepKNN | ScoreEnsemble,
             code_paths=[str(Path(package.__file__).parent) for package in (detectors, compat)],
             registered_model_name=model_name,
             pip_requirements=_requirements(),
+            signature=MODEL_SIGNATURE,
         )
     version = str(info.registered_model_version)
-    alias, reason = _choose_alias(model_name, evidence)
+    mlflow.log_dict({generator: [float(x) for x in values] for generator, values in scores.items()},
+                    f"{SCORES_DIR}/v{version}.json")
+    alias, reason = _choose_alias(model_name, evidence, labels, scores, threshold, seed)
     client = MlflowClient()
     for key, value in {**evidence, "promotion": reason}.items():
         client.set_model_version_tag(model_name, version, key, str(value))
@@ -90,18 +114,21 @@ def register_and_promote(model_name: str, detector: DeepKNN | ScoreEnsemble,
 
 @contextmanager
 def _quiet_signature_inference():
-    """The model takes paths, frames or image arrays, which no single MLflow signature describes, so it is
-    logged without one; MLflow's warning that it could not infer one is expected."""
+    """The model takes paths, frames or image arrays, which no single MLflow input schema or input example
+    describes, so its signature has none and no example is logged; MLflow's warnings about that are expected."""
     logger = logging.getLogger("mlflow.pyfunc")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*input example was not provided")
+            yield
     finally:
         logger.setLevel(level)
 
 
-def _choose_alias(model_name: str, evidence: dict) -> tuple[str, str]:
+def _choose_alias(model_name: str, evidence: dict, labels: dict[str, np.ndarray], scores: dict[str, np.ndarray],
+                  threshold: float, seed: int) -> tuple[str, str]:
     try:
         champion = MlflowClient().get_model_version_by_alias(model_name, CHAMPION)
     except MlflowException:
@@ -109,10 +136,16 @@ def _choose_alias(model_name: str, evidence: dict) -> tuple[str, str]:
     if champion.tags.get("dataset_digest") != evidence["dataset_digest"]:
         return CHALLENGER, (f"champion v{champion.version} was selected on another synthetic set "
                             f"({champion.tags.get('dataset_digest')}): not comparable")
-    current = float(champion.tags["synthetic_auroc"])
-    if float(evidence["synthetic_auroc"]) > current:
-        return CHAMPION, f"beats champion v{champion.version} ({current:.4f}) on the same synthetic set"
-    return CHALLENGER, f"does not beat champion v{champion.version} ({current:.4f}) on the same synthetic set"
+    try:
+        kept = mlflow.artifacts.load_dict(f"runs:/{champion.run_id}/{SCORES_DIR}/v{champion.version}.json")
+        champion_scores = {generator: np.asarray(kept[generator], dtype=float) for generator in labels}
+    except (MlflowException, OSError, KeyError, TypeError, ValueError):
+        return CHALLENGER, f"champion v{champion.version} has no kept synthetic scores to be compared with"
+    confidence = every_family_beats(labels, scores, champion_scores, seed)
+    verdict = "beats" if confidence >= threshold else "does not beat"
+    return (CHAMPION if confidence >= threshold else CHALLENGER,
+            f"{verdict} champion v{champion.version} with confidence: better in {confidence:.0%} of bootstrap "
+            f"resamples of the same synthetic sets, every generator family (threshold {threshold:.0%})")
 
 
 def _requirements() -> list[str]:
@@ -120,5 +153,5 @@ def _requirements() -> list[str]:
 
     # the backbones' code; their weights travel in the model's bundle, so no weights package is listed
     packages = ["mlflow", "torch", "torchvision", "timm", "efficientnet-lite-pytorch", "safetensors",
-                "scikit-learn", "numpy", "pandas", "pillow", "tqdm"]
+                "scikit-learn", "scipy", "numpy", "pandas", "pillow", "tqdm"]
     return [f"{name}=={version(name)}" for name in packages]

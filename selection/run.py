@@ -36,6 +36,11 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--anomaly", dest="anomalies", type=_csv, default=("damaged",),
                         help="CUT's anomaly words or phrases, comma-separated, used in turn (default damaged)")
     parser.add_argument("--object-name", help="what CUT's prompt calls the object (default: from the task)")
+    parser.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE,
+                        help="probability the synthetic winner needs to overrule the prior, and a new model version "
+                             "to displace the registered champion: calibrated on the quality benchmark where it was "
+                             "measured for these generators, else the bootstrap's "
+                             f"(default {DEFAULT_CONFIDENCE}; 0 always takes the synthetic winner)")
     parser.add_argument("--generator-option", dest="generator_options", action="append", default=[],
                         metavar="GENERATOR.PARAM=VALUE",
                         help="any generator hyper-parameter, e.g. cut.steps=50 or cutpaste.variant=scar "
@@ -105,10 +110,6 @@ def parse_args(argv=None) -> SelectionConfig:
     parser.add_argument("--prior", help="the candidate to keep unless the synthetic evidence is confident it is "
                                         "beaten (default: the ensemble, else the largest pretrained backbone at "
                                         "its last layer)")
-    parser.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE,
-                        help="probability the synthetic winner needs to overrule the prior: calibrated on the "
-                             "quality benchmark where it was measured for these generators, else the bootstrap's "
-                             f"(default {DEFAULT_CONFIDENCE}; 0 always takes the synthetic winner)")
     args = parser.parse_args(argv)
     if unknown := sorted(set(args.detectors) - set(list_kinds())):
         parser.error(f"unknown detector kind {', '.join(unknown)}; known: {', '.join(list_kinds())}")

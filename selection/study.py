@@ -25,9 +25,10 @@ from sqlalchemy.engine import make_url
 from compat.progress import progress
 from detectors import FeatureCache
 from selection import registry, tracking
-from selection.candidates import Candidate, CandidatePool, default_candidates
+from selection.candidates import Candidate, CandidatePool, default_candidates, largest_pretrained
 from selection.evidence import Evidence, check_candidates, evidence_digest, gather_evidence, score_candidate
 from selection.config import SearchConfig
+from selection.confidence import Decision, decide
 from selection.scoring import RankingComparison, compare_rankings
 from selection.report import Report
 from selection.search_space import SpaceBounds, get_search_space
@@ -35,7 +36,7 @@ from selection.search_space import SpaceBounds, get_search_space
 RUN_ID_ATTR = "mlflow_run_id"
 DIGEST_ATTR = "evidence_digest"
 # selection settings a search does not use (its trials choose k; it ranks no controls, ensembles or prior)
-_NOT_SEARCH_PARAMS = ("tracking_uri", "store", "feature_dir", "k", "controls", "ensemble", "prior", "confidence")
+_NOT_SEARCH_PARAMS = ("tracking_uri", "store", "feature_dir", "k", "controls", "ensemble", "prior")
 
 
 @dataclass
@@ -49,6 +50,7 @@ class SearchResult:
     worker_failures: list[str]
     run_id: str
     promotion: registry.Promotion | None = None
+    decision: Decision | None = None  # the best trial against the space's prior, where it was registered
 
 
 def run_search(config: SearchConfig) -> SearchResult:
@@ -58,7 +60,7 @@ def run_search(config: SearchConfig) -> SearchResult:
     space = get_search_space(config.space)
     features = FeatureCache(device=selection.device, directory=selection.feature_dir)
     check_candidates(default_candidates(CandidatePool(selection.backbones, selection.layers, controls=False),
-                                        selection.detectors), features)
+                                        (config.space,)), features)
     evidence = gather_evidence(selection)
     tracking.configure(selection.tracking_uri, selection.experiment)
     study, run_id = _open_study(config, evidence)
@@ -183,6 +185,8 @@ def search_report(result: SearchResult) -> Report:
         lines.append(f"over the {result.trials['candidate'].nunique()} distinct candidates tried: Kendall tau-b "
                      f"{c.tau:.3f} (p={c.p_value:.2g}); oracle {c.oracle} {c.oracle_real_auroc:.4f}; "
                      f"regret {c.regret:.4f}")
+    if result.decision:
+        lines.append(f"registered: {result.decision.chosen} (prior {result.decision.prior}; {result.decision.reason})")
     lines += [f"WARNING: {failure}" for failure in result.worker_failures]
     return Report(title, table, lines)
 
@@ -320,11 +324,28 @@ def _record(config: SearchConfig, result: SearchResult, evidence: Evidence, feat
                        regret=result.comparison.regret)
     summary = tracking.Summary(result.trials, metrics, {"best": result.best.name, "best_trial": str(result.best_trial)},
                                search_report(result), name="trials")
-    pick = None
-    if config.selection.register and result.new_trials:
-        pick = registry.Pick(result.best.name, result.best.detector(features).fit(evidence.bank),
-                             float(best["synthetic_auroc"]), real_auroc,
-                             {"optuna_study": result.study_name, "optuna_trial": result.best_trial})
+    pick = _decided_pick(config, result, evidence, features) if config.selection.register and result.new_trials else None
     with tracking.resumed_run(result.run_id):
         result.promotion = registry.record_and_promote(evidence.task.name, evidence.validation_sets, summary, pick,
-                                                       config.selection.model_name)
+                                                       config.selection.model_name, config.selection.confidence,
+                                                       config.selection.seed)
+
+
+def _decided_pick(config: SearchConfig, result: SearchResult, evidence: Evidence,
+                  features: FeatureCache) -> registry.Pick:
+    """The best trial against the space's prior (its kind's standard configuration on the largest backbone),
+    decided as `selection.run` decides: the prior is kept unless the synthetic evidence is confident that
+    the best trial beats it. Sets `result.decision`."""
+    selection = config.selection
+    prior = largest_pretrained(default_candidates(
+        CandidatePool(selection.backbones, selection.layers, selection.k, controls=False), (config.space,)), features)
+    scored = {c.name: score_candidate(c, evidence, features) for c in (result.best, prior)}
+    ranking = sorted(scored, key=lambda name: (-scored[name].row["synthetic_auroc"], name))
+    result.decision = decide(ranking, prior.name, {vs.generator: vs.labels for vs in evidence.validation_sets},
+                             {name: item.synthetic_scores for name, item in scored.items()}, selection.confidence,
+                             selection.seed)
+    chosen = scored[result.decision.chosen]
+    return registry.Pick(result.decision.chosen, chosen.detector, chosen.row["synthetic_auroc"],
+                         chosen.synthetic_scores, chosen.row.get("real_auroc"),
+                         {"optuna_study": result.study_name, "optuna_trial": result.best_trial,
+                          **result.decision.tags()})

@@ -48,6 +48,11 @@ class ValidationSet:
     def load_images(self) -> list[np.ndarray]:
         return [load_rgb(path) for path in self.manifest["path"]]
 
+    @property
+    def mask_paths(self) -> list[str | None]:
+        """Each image's pixel mask, None where it has none (normals, and DiffStyle's anomalies)."""
+        return [path or None for path in self.manifest["mask_path"].fillna("").astype(str)]
+
 
 def validation_digest(generator_digest: str, heldout: list[np.ndarray]) -> str:
     hasher = hashlib.sha256(generator_digest.encode())

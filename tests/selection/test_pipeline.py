@@ -210,3 +210,37 @@ def test_an_ensemble_is_ranked_and_decided_on_like_a_candidate(bottle_config):
     assert "ensemble/last-2" not in {comparison.pick, comparison.oracle}
     best_single = board.loc[~board["ensemble"], "real_auroc"].max()
     assert f"regret {best_single - board.loc[result.pick.name, 'real_auroc']:.4f}" in format_report(result)
+
+
+PATCHCORE = "patchcore/mobilenet_v2/imagenet/early+mid/c0.1/p3/k1"
+
+
+@pytest.mark.slow
+def test_patchcore_beside_knn_gets_pixel_metrics_and_its_registered_pick_returns_maps(bottle_config):
+    config = replace(bottle_config, detectors=("knn", "patchcore"), controls=False, ensemble="none",
+                     max_support=60, max_validation=40, prior=PATCHCORE, confidence=1.0)
+    result = run_selection(config)
+    board = result.leaderboard.set_index("candidate")
+    assert set(board.index) == {"knn/mobilenet_v2/imagenet/last/avg/k3", "knn/mobilenet_v2/imagenet/mid/avg/k3",
+                                PATCHCORE}
+    knn = board.index.str.startswith("knn/")
+    assert board.loc[knn, ["synthetic_pixel_auroc/cutpaste", "real_pixel_auroc", "real_aupro"]].isna().all().all()
+    patchcore = board.loc[PATCHCORE]
+    assert patchcore["real_pixel_auroc"] > 0.9 and 0.5 < patchcore["real_aupro"] <= 1  # localises broken bottles
+    assert patchcore["synthetic_pixel_auroc"] == patchcore["synthetic_pixel_auroc/cutpaste"] > 0.8
+    assert "for the 1 candidates with anomaly maps; the other 2 (no maps) have image metrics only" in format_report(result)
+
+    child = MlflowClient().search_runs([mlflow.get_experiment_by_name("e2e").experiment_id],
+                                       filter_string=f"tags.candidate = '{PATCHCORE}'")[0]
+    assert child.data.metrics["real_aupro"] == pytest.approx(patchcore["real_aupro"])
+
+    assert result.pick.name == PATCHCORE and result.promotion.alias == CHAMPION
+    model = mlflow.pyfunc.load_model(f"models:/{result.promotion.model_name}@champion")
+    real = result.task.validation
+    paths = [str(item.path) for item in real]
+    scores = model.predict(paths)
+    assert roc_auc_score([item.label for item in real], scores) == pytest.approx(patchcore["real_auroc"])
+    with_maps = model.predict(paths[:3], params={"maps": True})
+    np.testing.assert_allclose(with_maps["score"], scores[:3], rtol=1e-6)
+    image = np.asarray(Image.open(paths[0]))
+    assert with_maps["map"][0].shape == image.shape[:2] and with_maps["map"][0].dtype == np.float32

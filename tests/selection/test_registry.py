@@ -1,3 +1,7 @@
+import shutil
+from pathlib import Path
+from urllib.parse import urlparse
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -15,27 +19,54 @@ def fitted_detector():
     return DeepKNN(backbone="pixels_16", weights="none", layer="raw", k=2).fit(normals)
 
 
-def _promote(detector, auroc, digest):
+LABELS = {"cutpaste": np.array([0] * 30 + [1] * 30), "nsa": np.array([0] * 30 + [1] * 30)}
+
+
+def _scores(separation: float, seed: int = 0) -> dict[str, np.ndarray]:
+    """Scores on LABELS' sets whose anomalies sit `separation` standard deviations above the normals."""
+    rng = np.random.default_rng(seed)
+    return {generator: rng.normal(0, 1, len(labels)) + separation * labels for generator, labels in LABELS.items()}
+
+
+def _promote(detector, auroc, digest, scores=None, threshold=0.95):
     with mlflow.start_run():
-        return register_and_promote("bottle-detector", detector, {"synthetic_auroc": auroc, "dataset_digest": digest})
+        return register_and_promote("bottle-detector", detector, {"synthetic_auroc": auroc, "dataset_digest": digest},
+                                    LABELS, _scores(1.0) if scores is None else scores, threshold)
 
 
-def test_champion_moves_only_on_a_better_score_on_the_same_synthetic_set(tracking_uri, fitted_detector):
+def test_champion_moves_only_when_confidently_beaten_on_the_same_synthetic_sets(tracking_uri, fitted_detector):
     mlflow.set_experiment("registry")
     first = _promote(fitted_detector, 0.80, "d1")
     assert (first.alias, first.version) == (CHAMPION, "1")
-    worse = _promote(fitted_detector, 0.70, "d1")
-    assert worse.alias == CHALLENGER and "does not beat" in worse.reason
-    better = _promote(fitted_detector, 0.90, "d1")
-    assert better.alias == CHAMPION
-    other_set = _promote(fitted_detector, 0.99, "d2")
+    same = _promote(fitted_detector, 0.80, "d1")  # the same scores: beats the champion in half the resamples
+    assert same.alias == CHALLENGER and "does not beat champion v1 with confidence: better in 50%" in same.reason
+    # slightly better on average: a naive comparison of AUROCs would promote it, the bootstrap does not
+    slightly = _scores(1.0)
+    slightly["cutpaste"] = slightly["cutpaste"] + 0.05 * LABELS["cutpaste"]
+    assert _promote(fitted_detector, 0.81, "d1", slightly).alias == CHALLENGER
+    better = _promote(fitted_detector, 0.95, "d1", _scores(3.0, seed=1))
+    assert better.alias == CHAMPION and "beats champion v1 with confidence" in better.reason
+    other_set = _promote(fitted_detector, 0.99, "d2", _scores(5.0))
     assert other_set.alias == CHALLENGER and "another synthetic set" in other_set.reason
+    anything = _promote(fitted_detector, 0.5, "d1", _scores(0.0, seed=2), threshold=0)
+    assert anything.alias == CHAMPION  # a threshold of 0 always takes the new version, as it takes the winner
 
     client = MlflowClient()
     champion = client.get_model_version_by_alias("bottle-detector", CHAMPION)
-    assert str(champion.version) == better.version
-    assert champion.tags["synthetic_auroc"] == "0.9" and champion.tags["dataset_digest"] == "d1"
+    assert str(champion.version) == anything.version and champion.tags["dataset_digest"] == "d1"
+    assert "threshold 0%" in champion.tags["promotion"]
     assert str(client.get_model_version_by_alias("bottle-detector", CHALLENGER).version) == other_set.version
+    kept = mlflow.artifacts.load_dict(f"runs:/{champion.run_id}/synthetic_scores/v{champion.version}.json")
+    np.testing.assert_allclose(kept["nsa"], _scores(0.0, seed=2)["nsa"])
+
+
+def test_a_champion_without_kept_scores_is_not_displaced(tracking_uri, fitted_detector):
+    mlflow.set_experiment("registry")
+    first = _promote(fitted_detector, 0.80, "d1")
+    champion = MlflowClient().get_model_version("bottle-detector", first.version)
+    shutil.rmtree(Path(urlparse(mlflow.get_run(champion.run_id).info.artifact_uri).path) / "synthetic_scores")
+    second = _promote(fitted_detector, 0.99, "d1", _scores(5.0))
+    assert second.alias == CHALLENGER and "has no kept synthetic scores" in second.reason
 
 
 def test_champion_scores_images_like_the_detector(tracking_uri, fitted_detector, tmp_path):

@@ -54,7 +54,7 @@ def test_the_knn_space_draws_valid_candidates_within_its_bounds():
     wide_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     wide = [space(wide_study.ask(), SpaceBounds(("mobilenet_v2",), ("last",), 500)).k for _ in range(200)]
     assert max(wide) <= MAX_K and len(set(wide)) > 5
-    with pytest.raises(ValueError, match="unknown search space 'clip'; known: knn"):
+    with pytest.raises(ValueError, match="unknown search space 'clip'; known: knn, patchcore"):
         get_search_space("clip")
 
 
@@ -109,8 +109,14 @@ def test_search_records_trials_promotes_the_best_and_resumes(mvtec_root, tmp_pat
     assert parent.data.tags["best"] == result.best.name
     assert parent.data.metrics["best_synthetic_auroc"] == pytest.approx(result.trials.iloc[0]["synthetic_auroc"])
 
+    # the best trial is registered only if the synthetic evidence is confident it beats the space's prior,
+    # as selection.run decides
+    decision = result.decision
+    assert decision.winner == result.best.name and decision.prior == "knn/mobilenet_v2/imagenet/last/avg/k3"
+    assert decision.chosen == (decision.winner if decision.confidence is None or decision.confidence >= 0.95
+                               else decision.prior)
     version = MlflowClient().get_model_version_by_alias("anomaly-mvtec-bottle", CHAMPION)
-    assert version.tags["candidate"] == result.best.name
+    assert version.tags["candidate"] == decision.chosen and version.tags["decision"] == decision.reason
     assert version.tags["optuna_trial"] == str(result.best_trial)
     model = mlflow.pyfunc.load_model("models:/anomaly-mvtec-bottle@champion")
     assert len(model.predict([str(p) for p in list(Path(mvtec_root, "bottle/test/good").glob("*.png"))[:2]])) == 2
@@ -118,6 +124,8 @@ def test_search_records_trials_promotes_the_best_and_resumes(mvtec_root, tmp_pat
     resumed = run_search(_config(mvtec_root, tmp_path, tracking_uri, "--trials", "9"))
     assert resumed.study_name == result.study_name and resumed.run_id == result.run_id
     assert resumed.new_trials == 3 and len(resumed.trials) == 9
+    if resumed.decision.chosen == decision.chosen:  # the same detector cannot beat itself with confidence
+        assert resumed.promotion.alias == "challenger" and "better in 50%" in resumed.promotion.reason
     assert len(_trial_runs(result.run_id)) == 9
 
     again = run_search(_config(mvtec_root, tmp_path, tracking_uri, "--trials", "9"))

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 
 from detectors import DeepKNN, FeatureCache, ScoreEnsemble, load_rgb
@@ -31,7 +32,8 @@ def bottle(mvtec_root) -> dict[str, list[Path]]:
 def _register(detector) -> None:
     mlflow.set_experiment("serving")
     with mlflow.start_run():
-        register_and_promote(MODEL, detector, {"synthetic_auroc": 0.9, "dataset_digest": "d"})
+        register_and_promote(MODEL, detector, {"synthetic_auroc": 0.9, "dataset_digest": "d"},
+                             {"cutpaste": np.array([0, 1])}, {"cutpaste": np.array([0.1, 0.9])})
 
 
 def test_the_served_champion_scores_a_broken_bottle_above_a_good_one(tracking_uri, bottle, monkeypatch):
