@@ -155,7 +155,25 @@ def decision_text(board: records.Leaderboard, evidence: records.Agreement) -> No
         st.warning(f"Negative-control warning: {warning}")
 
 
+PIXEL_METRICS = {"pixel_auroc": "P-AUROC", "aupro": "AUPRO"}
+
+
+def pixel_column(metric: str, label: str):
+    """P-AUROC's bar starts at chance (0.5) like AUROC's; AUPRO's chance level is near 0."""
+    help_text = "candidates with anomaly maps only, on the sets with pixel masks; never used to pick"
+    if metric == "pixel_auroc":
+        return auroc_column(label, help_text)
+    return st.column_config.ProgressColumn(label, help=help_text, min_value=0.0, max_value=1.0, format="%.4f")
+
+
+def _pixel_columns() -> dict:
+    """The mean synthetic and the real pixel metrics of candidates with anomaly maps (blank for the others)."""
+    return {f"{where}_{metric}": pixel_column(metric, f"{where} {label}")
+            for metric, label in PIXEL_METRICS.items() for where in ("synthetic", "real")}
+
+
 def leaderboard_table(board: records.Leaderboard) -> None:
+    pixel_columns = _pixel_columns()
     config = {"synthetic_rank": st.column_config.NumberColumn("synthetic rank", format="%d"),
               "candidate": st.column_config.TextColumn("candidate", pinned=True),
               "role": st.column_config.TextColumn("role", help="pretrained, negative control or score ensemble"),
@@ -164,12 +182,16 @@ def leaderboard_table(board: records.Leaderboard) -> None:
               **{f"synthetic_auroc/{family}": auroc_column(f"synthetic AUROC: {family}") for family in board.families},
               "synthetic_auroc": auroc_column("synthetic AUROC: mean", "mean over the families; ranks the candidates"),
               "real_auroc": auroc_column("real AUROC", "on the task's real labels: reported, never used to pick"),
+              **pixel_columns,
+              **{f"synthetic_{metric}/{family}": pixel_column(metric, f"synthetic {label}: {family}")
+                 for metric, label in PIXEL_METRICS.items() for family in board.families},
               "real_rank": st.column_config.NumberColumn("real rank", format="%d"),
               "rank_change": st.column_config.NumberColumn(
                   "rank change", format="%+d", help="synthetic rank minus real rank: above 0, real labels rank it higher")}
     # the verdict's columns first, the per-family detail after: the table is wider than most screens
     order = ["candidate", "role", "mark", "synthetic_auroc", "real_auroc", "synthetic_rank", "real_rank",
-             "rank_change", *[f"synthetic_auroc/{family}" for family in board.families]]
+             "rank_change", *pixel_columns, *[f"synthetic_{metric}/{family}" for metric in ("auroc", *PIXEL_METRICS)
+                                              for family in board.families]]
     st.dataframe(board.table, hide_index=True, column_config=config, key="leaderboard", height="content",
                  column_order=[column for column in order if column in board.table])
 

@@ -36,13 +36,15 @@ def test_the_leaderboard_has_every_candidate_with_its_recorded_values_and_marks(
     result = filled_store.selection
     board = app.dataframe[0].value.set_index("candidate")
     expected = result.leaderboard.set_index("candidate")
-    assert set(board.index) == set(expected.index) and len(board) == 7
+    assert set(board.index) == set(expected.index) and len(board) == 9
     for column in ("synthetic_auroc/cutpaste", "synthetic_auroc/perlin", "synthetic_auroc", "real_auroc",
-                   "synthetic_rank", "real_rank"):
+                   "synthetic_rank", "real_rank", "synthetic_pixel_auroc", "real_pixel_auroc", "real_aupro",
+                   "synthetic_aupro/perlin"):
         pd.testing.assert_series_equal(board[column].sort_index(), expected[column].sort_index(), check_names=False)
+    assert board["real_pixel_auroc"].notna().sum() == 2  # PatchCore and its random twin: the others have no maps
     assert (board["rank_change"] == board["synthetic_rank"] - board["real_rank"]).all()
     assert set(board.index[board["role"] == "control"]) == set(expected.index[expected["control"]])
-    assert list(board.index[board["role"] == "ensemble"]) == ["ensemble/pretrained-2"]
+    assert list(board.index[board["role"] == "ensemble"]) == ["ensemble/pretrained-3"]
     decision = result.decision
     assert "pick" in board.loc[result.pick.name, "mark"].split(", ")
     assert "prior" in board.loc[decision.prior, "mark"].split(", ")
