@@ -1,7 +1,9 @@
 """PatchCore (detectors.PatchCore) as candidates: by default the paper's standard configuration (layers early
 + mid, 10% coreset, 3x3 neighbourhood, nearest patch) on every backbone with ImageNet weights, and as the
-family's negative control the same on each network randomly initialised; its search space tunes backbone,
-layers, coreset ratio, neighbourhood, k and the paper's reweighting."""
+family's negative control the same on the first backbone randomly initialised (one control: each PatchCore
+candidate costs a coreset and a patch-level search, and deep kNN already brings a random twin of every
+backbone); its search space tunes backbone, layers, coreset ratio, neighbourhood, k and the paper's
+reweighting."""
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -67,9 +69,11 @@ class PatchCoreCandidate:
 
 
 def default_candidates(pool: CandidatePool) -> list[PatchCoreCandidate]:
-    """The standard configuration on every backbone; with controls, on each randomly initialised too."""
-    weights = ("imagenet", "random") if pool.controls else ("imagenet",)
-    return [PatchCoreCandidate(backbone, w) for w in weights for backbone in pool.backbones]
+    """The standard configuration on every backbone; with controls, on the first one randomly initialised."""
+    candidates = [PatchCoreCandidate(backbone) for backbone in pool.backbones]
+    if pool.controls and pool.backbones:
+        candidates.append(PatchCoreCandidate(pool.backbones[0], "random"))
+    return candidates
 
 
 register_kind(CandidateKind("patchcore", default_candidates))
