@@ -51,6 +51,7 @@ from selection.confidence import bootstrap_beats
 from selection_quality import markdown
 
 PRIOR = "knn/efficientnet_lite2/imagenet/last/avg/k3"  # the largest offline backbone at its last layer
+PATCHCORE_PRIOR = "patchcore/efficientnet_lite2/imagenet/early+mid/c0.1/p3/k1"  # PatchCore's, where it ran
 N_BOOTSTRAP = 400
 
 
@@ -78,8 +79,11 @@ class Run:
     def synthetic(self, i: int, generators=None) -> float:
         return float(np.mean([roc_auc_score(self.labels[g], self.scores[g][i]) for g in generators or self.generators]))
 
+    def real(self, i: int) -> float:
+        return roc_auc_score(self.real_labels, self.real_scores[i])
+
     def regret(self, i: int) -> float:
-        return self.best_real - roc_auc_score(self.real_labels, self.real_scores[i])
+        return self.best_real - self.real(i)
 
     def add_ensemble(self, members: list[int], weigh_by_size: bool = True) -> int:
         """Append the score ensemble of `members` as one more candidate; returns its index."""
@@ -117,16 +121,17 @@ def best(run: Run, pool: list[int], generators=None) -> int:
     return max(pool, key=lambda i: run.synthetic(i, generators))
 
 
-def confident_overrule(run: Run, pool: list[int], prior: int, threshold: float, every_family: bool) -> tuple[int, bool]:
-    """The synthetic winner of `pool` if the bootstrap says it beats `prior` with `threshold`, else `prior`."""
+def confident_overrule(run: Run, pool: list[int], prior: int, threshold: float, every_family: bool) -> tuple[int, int]:
+    """(the synthetic winner of `pool` if the bootstrap says it beats `prior` with `threshold`, else `prior`;
+    the prior)."""
     winner = best(run, pool)
     if winner == prior:
-        return prior, False
+        return prior, prior
     if every_family:
         confidence = min(run.beats(winner, prior, [g]) for g in run.generators)
     else:
         confidence = run.beats(winner, prior, run.generators)
-    return (winner, True) if confidence >= threshold else (prior, False)
+    return (winner if confidence >= threshold else prior), prior
 
 
 def borda(run: Run) -> int:
@@ -166,40 +171,62 @@ def tau_table(taus: pd.DataFrame) -> pd.DataFrame:
     return per_task
 
 
-def rules(run: Run) -> dict[str, tuple[int, bool]]:
-    """Every rule's pick, and whether it overruled a prior."""
+def rules(run: Run) -> dict[str, tuple[int, int | None]]:
+    """Every rule's pick, and the prior it may overrule (None for a rule without one)."""
     last = [i for i in run.pretrained if "/last/" in run.names[i]]
     top3 = sorted(run.pretrained, key=lambda i: -run.synthetic(i))[:3]
     ensembles = {"ensemble of all pretrained": run.add_ensemble(run.pretrained),
                  "ensemble of the last layers": run.add_ensemble(last),
                  "ensemble of the last layers, equal weights": run.add_ensemble(last, weigh_by_size=False),
                  "ensemble of the synthetic top 3": run.add_ensemble(top3)}
-    picks = {"largest model": (run.prior, False)}
+    picks = {"largest model": (run.prior, None)}
     for g in run.generators:
-        picks[f"naive SWSA, {g}"] = (best(run, list(range(run.n_single)), [g]), False)
-    picks["naive SWSA, mean of families"] = (best(run, list(range(run.n_single))), False)
-    picks["Borda over families"] = (borda(run), False)
+        picks[f"naive SWSA, {g}"] = (best(run, list(range(run.n_single)), [g]), None)
+    picks["naive SWSA, mean of families"] = (best(run, list(range(run.n_single))), None)
+    picks["Borda over families"] = (borda(run), None)
     for threshold in (0.95, 0.99):
         picks[f"bootstrap >= {threshold}, mean"] = confident_overrule(run, run.pretrained, run.prior, threshold, False)
         picks[f"bootstrap >= {threshold}, every family"] = confident_overrule(run, run.pretrained, run.prior,
                                                                              threshold, True)
-    picks["candidate consensus"] = (consensus(run), False)
-    picks.update({name: (index, False) for name, index in ensembles.items()})
-    picks["last-layer ensemble, overruled at 0.99 by every family"] = confident_overrule(
-        run, run.pretrained + [ensembles["ensemble of the last layers"]], ensembles["ensemble of the last layers"],
-        0.99, True)
+    picks["candidate consensus"] = (consensus(run), None)
+    picks.update({name: (index, None) for name, index in ensembles.items()})
+    for threshold in (0.95, 0.99):
+        picks[f"last-layer ensemble, overruled at {threshold} by every family"] = confident_overrule(
+            run, run.pretrained + [ensembles["ensemble of the last layers"]], ensembles["ensemble of the last layers"],
+            threshold, True)
+    patchcore = [i for i in run.pretrained if run.names[i].startswith("patchcore/")]
+    if patchcore:
+        picks.update(cross_family_rules(run, last, patchcore))
     return picks
 
 
-def evaluate(runs: list[Run], rule_picks: Callable[[Run], dict[str, tuple[int, bool]]] = rules) -> pd.DataFrame:
+def cross_family_rules(run: Run, last_knn: list[int], patchcore: list[int]) -> dict[str, tuple[int, int | None]]:
+    """Priors when PatchCore candidates stand beside deep kNN: PatchCore's standard configuration on the
+    largest backbone, the ensemble of the PatchCore candidates, and the ensemble across families (the
+    last-layer kNN candidates with the PatchCore ones); each alone and overruled at 0.95 by every family."""
+    priors = {"largest PatchCore": run.names.index(PATCHCORE_PRIOR),
+              "PatchCore ensemble": run.add_ensemble(patchcore),
+              "cross-family ensemble": run.add_ensemble(last_knn + patchcore)}
+    picks = {}
+    for name, prior in priors.items():
+        picks[name] = (prior, None)
+        picks[f"{name}, overruled at 0.95 by every family"] = confident_overrule(
+            run, run.pretrained + [prior], prior, 0.95, True)
+    return picks
+
+
+def evaluate(runs: list[Run], rule_picks: Callable[[Run], dict[str, tuple[int, int | None]]] = rules) -> pd.DataFrame:
     rows = []
     for run in runs:
         random_regret = float(np.mean([run.regret(i) for i in run.pretrained]))
-        for name, (pick, overruled) in rule_picks(run).items():
+        for name, (pick, prior) in rule_picks(run).items():
+            overruled = prior is not None and pick != prior
             rows.append({"task": run.task, "seed": run.seed, "rule": name, "regret": run.regret(pick),
-                         "overruled": overruled, "right": overruled and run.regret(pick) < run.regret(run.prior)})
+                         "real": run.real(pick), "overruled": overruled,
+                         "right": overruled and run.regret(pick) < run.regret(prior)})
         rows.append({"task": run.task, "seed": run.seed, "rule": "random pretrained", "regret": random_regret,
-                     "overruled": False, "right": False})
+                     "real": float(np.mean([run.real(i) for i in run.pretrained])), "overruled": False,
+                     "right": False})
     return pd.DataFrame(rows)
 
 
@@ -208,6 +235,7 @@ def table(results: pd.DataFrame) -> pd.DataFrame:
     largest = per_task.loc["largest model"]
     summary = pd.DataFrame({
         "mean regret": per_task.mean(axis=1),
+        "mean real AUROC of the pick": results.groupby(["rule", "task"])["real"].mean().unstack("task").mean(axis=1),
         "tasks <= largest": (per_task.le(largest + 1e-9, axis=1)).sum(axis=1).astype(int),
         "tasks < largest": (per_task.lt(largest - 1e-9, axis=1)).sum(axis=1).astype(int),
         "worst excess over largest": per_task.sub(largest, axis=1).max(axis=1),

@@ -14,7 +14,11 @@ prior, how often the winner was really better, per level of bootstrap confidence
 stores that as the product's calibration (`selection/calibration.json`) for these generators. The same
 calibration is also checked out of sample: each task's runs judged with the other tasks' calibration.
 
-Writes the table (table.md), the runs (runs.csv) and the figures (synthetic_vs_real.png, regret.png) into
+Per run it also records Kendall tau within each detector family and, over the candidates with anomaly maps,
+of synthetic against real P-AUROC and AUPRO, and the real AUROC of the default pick and of the largest model.
+
+Writes the table (table.md), the runs (runs.csv), every candidate of every run (leaderboards.csv) and the
+figures (synthetic_vs_real.png, regret.png) into
 --out-dir (docs/selection-quality), the study page beside it (--page, default docs/selection-quality.md:
 the tables with the prose that explains them, every number in it formatted from the runs; it embeds
 decision-rules.md from --out-dir, which benchmarks/decision_rules.py writes), and every run's per-image
@@ -85,7 +89,9 @@ def one_run(task: str, seed: int, data_root: str, tracking_uri: str, store: str,
               "random_pretrained": float((best - pretrained["real_auroc"]).mean())}
     row = {"task": task, "seed": seed, "tau": comparison.tau, "p": comparison.p_value,
            "tau_pretrained": comparison.pretrained_tau, "p_pretrained": comparison.pretrained_p_value,
-           **{f"regret_{m}": value for m, value in regret.items()},
+           **family_taus(pretrained), **{f"regret_{m}": value for m, value in regret.items()},
+           "real_default": float(board.loc[decision.chosen, "real_auroc"]),
+           "real_largest": float(single.loc[comparison.baseline, "real_auroc"]),
            "pick_default": decision.chosen, "prior": decision.prior, "winner": decision.winner,
            "overruled": decision.chosen != decision.prior, "confidence": decision.confidence,
            "calibrated_confidence": decision.calibrated_confidence,
@@ -94,6 +100,24 @@ def one_run(task: str, seed: int, data_root: str, tracking_uri: str, store: str,
     leaderboard = result.leaderboard.assign(task=task, seed=seed,
                                             prior=result.leaderboard["candidate"] == comparison.baseline)
     return row, leaderboard
+
+
+def family_taus(pretrained: pd.DataFrame) -> dict[str, float]:
+    """Kendall tau-b of the mean synthetic against the real ranking of the pretrained individual candidates
+    within each detector family (the name's first part: knn, patchcore), where a family has two or more; and,
+    over the candidates with anomaly maps, of synthetic against real P-AUROC and AUPRO (NaN where undefined)."""
+    from scipy.stats import kendalltau
+
+    def tau(frame: pd.DataFrame, synthetic: str, real: str) -> float:
+        frame = frame[[synthetic, real]].dropna() if {synthetic, real} <= set(frame) else frame.iloc[:0]
+        return float(kendalltau(frame[synthetic], frame[real], variant="b")[0]) if len(frame) >= 2 else float("nan")
+
+    family = pretrained.index.str.split("/").str[0]
+    taus = {f"tau_{name}": tau(pretrained[family == name], "synthetic_auroc", "real_auroc")
+            for name in sorted(set(family))}
+    taus["tau_pixel_auroc"] = tau(pretrained, "synthetic_pixel_auroc", "real_pixel_auroc")
+    taus["tau_aupro"] = tau(pretrained, "synthetic_aupro", "real_aupro")
+    return taus
 
 
 def seeds_for(task: str, default: int, overrides: list[str]) -> int:
@@ -548,6 +572,7 @@ def main() -> None:
                       flush=True)
     runs, boards = pd.DataFrame(rows), pd.concat(boards, ignore_index=True)
     runs.to_csv(args.out_dir / "runs.csv", index=False)
+    boards.to_csv(args.out_dir / "leaderboards.csv", index=False)  # every candidate of every run
     if args.write_calibration:  # before the page, which says whether its levels are the shipped ones
         write_calibration(calibration_key(config.generators, prior), calibration_levels(runs),
                           f"{len(runs)} runs over {runs['task'].nunique()} tasks (benchmarks/selection_quality.py)")

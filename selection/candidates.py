@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 OFFLINE_BACKBONES = ("mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 LAYERS = ("last", "mid")
-ENSEMBLES = ("none", "pretrained", *LAYERS)  # which candidates a score ensemble joins (see ensemble_candidate)
+ENSEMBLES = ("none", "pretrained", "standard", *LAYERS)  # which candidates a score ensemble joins (ensemble_candidate)
 BUILT_IN_KINDS = {"knn": "selection.kinds.knn", "patchcore": "selection.kinds.patchcore"}  # name -> module that registers it
 
 
@@ -142,12 +142,17 @@ class EnsembleCandidate:
 
 
 def ensemble_candidate(spec: str, candidates: list[Candidate]) -> EnsembleCandidate | None:
-    """The ensemble `spec` names: "pretrained" (every pretrained candidate), "last" or "mid" (the pretrained
-    candidates at that layer), or "none". None also where fewer than two candidates would join."""
+    """The ensemble `spec` names: "pretrained" (every pretrained candidate), "standard" (the pretrained
+    candidates in their kind's standard configuration: deep kNN at the last layer, PatchCore's paper setting;
+    across detector families), "last" or "mid" (the pretrained candidates at that layer), or "none". None also
+    where fewer than two candidates would join."""
     if spec not in ENSEMBLES:
         raise ValueError(f"unknown ensemble {spec!r}; choose from {', '.join(ENSEMBLES)}")
     pretrained = [c for c in candidates if not c.is_control]
-    members = pretrained if spec == "pretrained" else [c for c in pretrained if getattr(c, "layer", None) == spec]
+    if spec in ("pretrained", "standard"):
+        members = [c for c in pretrained if spec == "pretrained" or c.is_standard]
+    else:
+        members = [c for c in pretrained if getattr(c, "layer", None) == spec]
     if spec == "none" or len(members) < 2:
         return None
     return EnsembleCandidate(tuple(members), f"{spec}-{len(members)}")

@@ -121,3 +121,16 @@ def test_the_report_says_which_candidates_are_ranked_on_image_metrics_only():
                                          "for the 1 candidates with anomaly maps; the other 2 (no maps) have image "
                                          "metrics only")
     assert "no candidate has both" in pixel_metrics_note(board[["candidate"]])
+
+
+def test_the_standard_ensemble_joins_each_familys_standard_configuration():
+    from selection.candidates import ensemble_candidate
+
+    candidates = default_candidates(POOL, ("knn", "patchcore"))
+    standard = ensemble_candidate("standard", candidates)
+    assert standard.name == "ensemble/standard-4"
+    assert [m.name for m in standard.members] == [
+        "knn/mobilenet_v2/imagenet/last/avg/k3", "knn/efficientnet_lite0/imagenet/last/avg/k3",
+        "patchcore/mobilenet_v2/imagenet/early+mid/c0.1/p3/k1", "patchcore/efficientnet_lite0/imagenet/early+mid/c0.1/p3/k1"]
+    assert [m.name for m in ensemble_candidate("last", candidates).members] == [m.name for m in standard.members[:2]]
+    assert len(ensemble_candidate("pretrained", candidates).members) == 6  # kNN at both layers and PatchCore
