@@ -75,11 +75,13 @@ def _rank(leaderboard: pd.DataFrame) -> pd.DataFrame:
 
 
 def prior_kind(config: SelectionConfig, ensemble: EnsembleCandidate | None) -> str | None:
-    """What the default prior is, as calibrations are keyed: "ensemble/<members>" or "largest model"; None
-    for a prior the user named."""
+    """What the default prior is, as calibrations are keyed: "ensemble/<members>" or "largest model", then
+    " among <kinds>" unless the pool is deep kNN alone (how the first calibrations were keyed); None for a
+    prior the user named. A calibration measured on one pool never applies to another."""
     if config.prior is not None:
         return None
-    return f"ensemble/{config.ensemble}" if ensemble else "largest model"
+    kind = f"ensemble/{config.ensemble}" if ensemble else "largest model"
+    return kind if tuple(config.detectors) == ("knn",) else f"{kind} among {'+'.join(config.detectors)}"
 
 
 def control_warnings(leaderboard: pd.DataFrame) -> list[str]:

@@ -107,3 +107,15 @@ def test_a_calibrated_confidence_decides_where_there_is_one():
     assert decision.chosen == "prior" and "calibrated" in decision.reason and "20 benchmark runs" in decision.reason
     trusting = Calibration(("g",), ((0.5, 100, 99),), "benchmark")
     assert decide(["strong", "prior"], "prior", sets, scores, calibration=trusting).chosen == "strong"
+
+
+def test_a_calibration_measured_on_the_knn_pool_does_not_apply_to_another_pool():
+    from dataclasses import replace
+
+    from selection.candidates import ensemble_candidate
+    from selection.pipeline import SelectionConfig, prior_kind
+
+    config = replace(SelectionConfig(), detectors=("knn", "patchcore"))
+    kind = prior_kind(config, ensemble_candidate(config.ensemble, config.candidates()))
+    assert kind == "ensemble/last among knn+patchcore"
+    assert load_calibration(config.generators, kind) is None
