@@ -18,6 +18,7 @@ SINGLE = {  # format -> hyper-parameters of a fast configuration
     "patchcore/1": {"backbone": "mobilenet_v2", "weights": "imagenet", "coreset_ratio": 0.25},
 }
 COMBINED = {"score_ensemble/1"}
+LOCALISING = {"patchcore/1"}  # the kinds with anomaly maps
 SIZE = 48
 
 
@@ -109,12 +110,20 @@ def test_saved_and_loaded_it_scores_bit_for_bit(kind, fitted, tmp_path):
     assert loaded.backbone_keys == fitted.backbone_keys
 
 
-def test_maps_where_it_has_them_are_at_image_size(fitted):
-    if not isinstance(fitted, Localiser):
-        pytest.skip(f"{type(fitted).__name__} scores whole images: it has no anomaly maps")
-    maps = fitted.anomaly_maps(_with_defect(_normals(2, 10)))
+def test_exactly_the_localising_kinds_have_maps(kind, fitted):
+    assert isinstance(fitted, Localiser) == (kind in LOCALISING)
+
+
+@pytest.mark.parametrize("name", sorted(LOCALISING))
+def test_maps_are_at_image_size_and_agree_with_the_scores(name):
+    detector = _build(name, FeatureCache()).fit(_normals(6, 1))
+    images = _with_defect(_normals(2, 10))
+    maps = detector.anomaly_maps(images)
     assert maps.shape == (2, SIZE, SIZE) and maps.dtype == np.float32
     assert maps[:, 8:32, 10:34].mean() > maps.mean()
+    scores, same_maps = detector.scores_and_maps(images)
+    np.testing.assert_array_equal(scores, detector.anomaly_scores(images))
+    np.testing.assert_array_equal(same_maps, maps)
 
 
 def test_it_names_the_backbones_it_needs(fitted):
