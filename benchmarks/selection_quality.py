@@ -296,6 +296,20 @@ def _shipped_calibration(levels: list[list]) -> str | None:
     return None
 
 
+def measuring_command(runs: pd.DataFrame, selection_args: str) -> str:
+    """The benchmark command that made these runs: the default tasks and seeds write the shipped calibration."""
+    tasks = list(dict.fromkeys(runs["task"]))
+    seeds = runs.groupby("task")["seed"].nunique()
+    command = "python benchmarks/selection_quality.py"
+    if tasks != list(DEFAULT_TASKS):
+        command += f" --tasks {','.join(tasks)}"
+    if seeds.nunique() == 1 and seeds.iloc[0] != 5:
+        command += f" --seeds {seeds.iloc[0]}"
+    if selection_args:
+        return command + f" --selection-args {shlex.quote(selection_args)}"
+    return command + " --write-calibration"
+
+
 def page(runs: pd.DataFrame, out_dir: Path, page_path: Path, command: str, selection_args: str = "") -> str:
     """The study page (Markdown) for these runs."""
     from selection.run import DEFAULT_TASK_LIMITS
@@ -311,6 +325,7 @@ def page(runs: pd.DataFrame, out_dir: Path, page_path: Path, command: str, selec
     priors = list(dict.fromkeys(runs["prior"]))
     subsampled = [task for task in tasks if not task.startswith(("mvtec/", "visa/"))]
     link = lambda name: _link(out_dir / name, page_path)  # noqa: E731
+    measure = measuring_command(runs, selection_args)
     out = []
 
     out.append(f"""<!-- Written by benchmarks/selection_quality.py; do not edit it by hand. Regenerate it with:
@@ -322,7 +337,7 @@ What the synthetic ranking is worth against real labels, and what the default de
 `python -m selection.run` gains over "take the largest model". Measured with:
 
 ```
-python benchmarks/selection_quality.py --write-calibration
+{measure}
 python benchmarks/decision_rules.py
 ```
 
@@ -335,8 +350,8 @@ every seed draws its own split and anomalies.""")
     if selection_args:
         out[-1] += f" Every selection also had `{selection_args}`."
     out.append(f"""It writes `{out_dir.as_posix()}/` (the table below as [table.md]({link('table.md')}), the runs as
-[runs.csv]({link('runs.csv')}) and two figures) and this page, stores the calibration of the decision
-(`selection/calibration.json`), and logs every selection plus a summary run to MLflow. The first run
+[runs.csv]({link('runs.csv')}) and two figures) and this page,{" stores the calibration of the decision (`selection/calibration.json`)," if "--write-calibration" in measure else ""}
+and logs every selection plus a summary run to MLflow. The first run
 computes the backbones' features (hours on a small CPU machine, most of it Fashion-MNIST: each
 {FASHION_MNIST_SIDE} px image is upscaled to the backbones' input size; the measured time is in
 [benchmarks.md]({_link(REPO / 'docs' / 'benchmarks.md', page_path)}#selection-quality-benchmark)); they are
