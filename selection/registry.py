@@ -142,10 +142,11 @@ def _choose_alias(model_name: str, evidence: dict, labels: dict[str, np.ndarray]
     except (MlflowException, OSError, KeyError, TypeError, ValueError):
         return CHALLENGER, f"champion v{champion.version} has no kept synthetic scores to be compared with"
     confidence = every_family_beats(labels, scores, champion_scores, seed)
-    verdict = "beats" if confidence >= threshold else "does not beat"
-    return (CHAMPION if confidence >= threshold else CHALLENGER,
-            f"{verdict} champion v{champion.version} with confidence: better in {confidence:.0%} of bootstrap "
-            f"resamples of the same synthetic sets, every generator family (threshold {threshold:.0%})")
+    better = confidence >= threshold
+    return (CHAMPION if better else CHALLENGER,
+            f"{'beats' if better else 'does not beat'} champion v{champion.version} with confidence: better in "
+            f"{confidence:.0%} of bootstrap resamples of the same synthetic sets, every generator family "
+            f"(threshold {threshold:.0%})")
 
 
 def _requirements() -> list[str]:

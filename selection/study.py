@@ -322,9 +322,10 @@ def _record(config: SearchConfig, result: SearchResult, evidence: Evidence, feat
     if result.comparison:
         metrics.update(kendall_tau=result.comparison.tau, kendall_p=result.comparison.p_value,
                        regret=result.comparison.regret)
+    # decided before the summary is written, so that trials.md says what was registered
+    pick = _decided_pick(config, result, evidence, features) if config.selection.register and result.new_trials else None
     summary = tracking.Summary(result.trials, metrics, {"best": result.best.name, "best_trial": str(result.best_trial)},
                                search_report(result), name="trials")
-    pick = _decided_pick(config, result, evidence, features) if config.selection.register and result.new_trials else None
     with tracking.resumed_run(result.run_id):
         result.promotion = registry.record_and_promote(evidence.task.name, evidence.validation_sets, summary, pick,
                                                        config.selection.model_name, config.selection.confidence,

@@ -118,6 +118,7 @@ def test_search_records_trials_promotes_the_best_and_resumes(mvtec_root, tmp_pat
     version = MlflowClient().get_model_version_by_alias("anomaly-mvtec-bottle", CHAMPION)
     assert version.tags["candidate"] == decision.chosen and version.tags["decision"] == decision.reason
     assert version.tags["optuna_trial"] == str(result.best_trial)
+    assert f"registered: {decision.chosen}" in mlflow.artifacts.load_text(f"runs:/{result.run_id}/trials.md")
     model = mlflow.pyfunc.load_model("models:/anomaly-mvtec-bottle@champion")
     assert len(model.predict([str(p) for p in list(Path(mvtec_root, "bottle/test/good").glob("*.png"))[:2]])) == 2
 
