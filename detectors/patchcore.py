@@ -14,6 +14,8 @@ plain float32 differences; ties go to the first patch, and no patch is chosen tw
 but prunes with the triangle inequality: a patch whose nearest chosen centre a has d(a, new centre) >=
 2 d(patch, a) cannot come closer to the new centre, so only the others are measured. Bottle's 163,856
 training patches give a 16,386-patch coreset in about 12 s on one core (benchmarks/patchcore_speed.py).
+A FeatureCache with a directory also keeps each coreset's indices there (`coresets/`, keyed by the patches'
+content, the size and the seed), so fitting again on the same patches skips it.
 
 Scoring: a patch's score is the mean L2 distance to its k nearest bank patches (k = 1: the paper's nearest
 neighbour distance); the image score is the largest patch score, scaled when `reweight` by the paper's eq. 7:
@@ -55,9 +57,14 @@ reduction: the offline backbones give 168 channels or fewer, well under the pape
 """
 
 import contextlib
+import hashlib
 import math
 import numbers
+import os
+import tempfile
+import warnings
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -131,7 +138,9 @@ class PatchCore:
             raise ValueError(f"k={self.k} nearest neighbours need at least {self.k} normal patches, got {len(patches)}")
         size = min(len(patches), max(self.k, math.ceil(self.coreset_ratio * len(patches))))
         if size < len(patches):
-            patches = patches[greedy_coreset(patches, size, self.seed)]
+            directory = None if self.features is None or self.features.directory is None \
+                else self.features.directory / "coresets"
+            patches = patches[cached_coreset(patches, size, self.seed, directory)]
         self.bank_ = np.ascontiguousarray(patches, dtype=np.float32)
         return self
 
@@ -304,6 +313,35 @@ def greedy_coreset(features: np.ndarray, size: int, seed: int) -> np.ndarray:
     projection (see `coreset_projection`), in the order chosen."""
     points, start = coreset_projection(features, seed)
     return greedy_k_center(points, size, start)
+
+
+def cached_coreset(features: np.ndarray, size: int, seed: int, directory: Path | None) -> np.ndarray:
+    """`greedy_coreset(features, size, seed)`, kept in `directory` (None: not kept) as `<digest>.npy`, keyed by
+    the content of `features` with `size`, `seed` and the projection, so that a detector fitted again on the
+    same patches (a re-run, a search trial that changes only k or reweighting) skips the coreset, which costs
+    several times the forward passes. An entry that is not a valid index array is chosen again and rewritten,
+    with a warning."""
+    if directory is None:
+        return greedy_coreset(features, size, seed)
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    digest = hashlib.sha256(f"greedy-k-center/1|{PROJECTION_DIM}|{seed}|{size}|{features.shape}".encode())
+    digest.update(memoryview(features).cast("B"))
+    path = directory / f"{digest.hexdigest()[:32]}.npy"
+    if path.is_file():
+        try:
+            chosen = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            chosen = None
+        if (chosen is not None and chosen.shape == (size,) and chosen.dtype == np.int64
+                and 0 <= chosen.min() and chosen.max() < len(features) and len(np.unique(chosen)) == size):
+            return chosen
+        warnings.warn(f"damaged coreset cache entry {path}: choosing the coreset again", stacklevel=2)
+    chosen = greedy_coreset(features, size, seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as file:
+        np.save(file, chosen)
+    os.replace(file.name, path)
+    return chosen
 
 
 def greedy_k_center(points: torch.Tensor, size: int, start: int) -> np.ndarray:

@@ -13,8 +13,8 @@ from scipy.ndimage import gaussian_filter
 from detectors import FeatureCache, PatchCore, load_detector
 from detectors import patchcore
 from detectors.banked import BANK_FILE
-from detectors.patchcore import (anomaly_maps, coreset_projection, greedy_coreset, greedy_k_center,
-                                 nearest_neighbours, patch_features, reweighted_scores)
+from detectors.patchcore import (anomaly_maps, cached_coreset, coreset_projection, greedy_coreset,
+                                 greedy_k_center, nearest_neighbours, patch_features, reweighted_scores)
 
 SIDE = 64
 
@@ -101,6 +101,43 @@ def test_greedy_coreset_is_seeded_and_projects_wide_features():
     points, _ = coreset_projection(narrow, 3)
     np.testing.assert_array_equal(points.numpy(), narrow)  # at most 128 dimensions: used as they are
 
+
+
+def test_cached_coreset_is_kept_by_content_and_rebuilt_when_damaged(tmp_path, monkeypatch):
+    features = np.random.default_rng(1).normal(0, 1, (400, 200)).astype(np.float32)
+    first = cached_coreset(features, 40, 2, tmp_path)
+    np.testing.assert_array_equal(first, greedy_coreset(features, 40, 2))
+    [entry] = tmp_path.glob("*.npy")
+    assert not list(tmp_path.glob("*.tmp"))
+    chosen = []
+    original = patchcore.greedy_coreset
+    monkeypatch.setattr(patchcore, "greedy_coreset", lambda *args: chosen.append(args) or original(*args))
+    np.testing.assert_array_equal(cached_coreset(features, 40, 2, tmp_path), first)
+    assert chosen == []  # read back, not chosen again
+    cached_coreset(features, 40, 3, tmp_path)
+    cached_coreset(features, 41, 2, tmp_path)
+    changed = features.copy()
+    changed[0, 0] += 1
+    cached_coreset(changed, 40, 2, tmp_path)
+    assert len(chosen) == 3 and len(list(tmp_path.glob("*.npy"))) == 4  # seed, size and content key it
+    for damage in (b"not an array", np.save):
+        if damage is np.save:
+            np.save(entry, np.full(40, 400, dtype=np.int64))  # a valid file, but indices out of range
+        else:
+            entry.write_bytes(damage)
+        with pytest.warns(UserWarning, match="damaged coreset cache entry"):
+            np.testing.assert_array_equal(cached_coreset(features, 40, 2, tmp_path), first)
+        np.testing.assert_array_equal(np.load(entry), first)  # rewritten
+    assert cached_coreset(features, 40, 2, None) is not None and not (tmp_path / "None").exists()
+
+
+def test_fit_reuses_the_coreset_a_feature_directory_keeps(tmp_path, monkeypatch):
+    cache = FeatureCache(directory=tmp_path)
+    first = PatchCore(backbone="mobilenet_v2", coreset_ratio=0.25, features=cache).fit(_normals(4, 1))
+    assert len(list((tmp_path / "coresets").glob("*.npy"))) == 1
+    monkeypatch.setattr(patchcore, "greedy_coreset", lambda *args: pytest.fail("the coreset was chosen again"))
+    again = PatchCore(backbone="mobilenet_v2", coreset_ratio=0.25, k=2, features=FeatureCache(directory=tmp_path))
+    np.testing.assert_array_equal(again.fit(_normals(4, 1)).bank_, first.bank_)
 
 # --- nearest neighbours --------------------------------------------------------------------------------------
 
