@@ -104,11 +104,15 @@ def backbone_parameters(candidate: Candidate, features: "FeatureCache") -> int:
 
 def largest_pretrained(candidates: list[Candidate], features: "FeatureCache") -> Candidate | None:
     """The no-evidence baseline: the pretrained candidate with the most backbone parameters, in its kind's
-    standard configuration (deep kNN: the last layer)."""
+    standard configuration (deep kNN: the last layer). Between kinds on the same backbone, the one that comes
+    first in `candidates` (`--detectors knn,patchcore`: deep kNN, the family whose baseline the quality
+    benchmark has always measured)."""
     pretrained = [c for c in candidates if not c.is_control]
     if not pretrained:
         return None
-    return max(pretrained, key=lambda c: (backbone_parameters(c, features), c.is_standard, c.name))
+    _, largest = min(enumerate(pretrained), key=lambda item: (-backbone_parameters(item[1], features),
+                                                               not item[1].is_standard, item[0]))
+    return largest
 
 
 @dataclass(frozen=True)

@@ -134,3 +134,13 @@ def test_the_standard_ensemble_joins_each_familys_standard_configuration():
         "patchcore/mobilenet_v2/imagenet/early+mid/c0.1/p3/k1", "patchcore/efficientnet_lite0/imagenet/early+mid/c0.1/p3/k1"]
     assert [m.name for m in ensemble_candidate("last", candidates).members] == [m.name for m in standard.members[:2]]
     assert len(ensemble_candidate("pretrained", candidates).members) == 6  # kNN at both layers and PatchCore
+
+
+def test_the_largest_model_among_families_on_one_backbone_is_the_first_listed_kinds_standard():
+    from selection.candidates import largest_pretrained
+
+    features = FeatureCache()
+    for kinds in (("knn", "patchcore"), ("patchcore", "knn")):
+        largest = largest_pretrained(default_candidates(POOL, kinds), features)
+        assert largest.is_standard and largest.backbone_keys == (("efficientnet_lite0", "imagenet"),)
+        assert largest.name.startswith(kinds[0] + "/")
