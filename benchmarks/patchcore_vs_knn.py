@@ -1,7 +1,10 @@
 """PatchCore against deep kNN on the same backbones, on real labels: from the leaderboards the selection-
 quality benchmark records (`selection_quality.py ... --selection-args "--detectors knn,patchcore"` writes
 leaderboards.csv into its --out-dir), per task the mean over its runs of each pretrained candidate's real
-image AUROC and, where the task has masks, real P-AUROC and AUPRO.
+image AUROC and, where the task has masks, real P-AUROC and AUPRO; and, across the two families, how the
+synthetic sets order them against the real labels: over every pair of a pretrained deep-kNN and a pretrained
+PatchCore candidate of one run, how often each ranking puts PatchCore above, and tau over those pairs only
+(concordant minus discordant pairs over all of them).
 
     python benchmarks/patchcore_vs_knn.py docs/selection-quality-patchcore/leaderboards.csv [--out FILE]
 """
@@ -11,6 +14,7 @@ import shlex
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from selection_quality import markdown
@@ -30,6 +34,22 @@ def comparison(boards: pd.DataFrame) -> pd.DataFrame:
     return table.dropna(axis="columns", how="all").round(4)
 
 
+def across_families(boards: pd.DataFrame) -> pd.DataFrame:
+    """One row per task (and one over all): the kNN x PatchCore pairs of its runs, the share the synthetic and
+    the real AUROC each order PatchCore first, and the pairs' tau (a tie on either side counts as neither)."""
+    single = boards[~boards["control"] & ~boards["ensemble"]].assign(family=lambda b: b["candidate"].str.split("/").str[0])
+    pairs = single[single["family"] == "knn"].merge(single[single["family"] == "patchcore"], on=["task", "seed"],
+                                                     suffixes=("_knn", "_patchcore"))
+    synthetic = np.sign(pairs["synthetic_auroc_patchcore"] - pairs["synthetic_auroc_knn"])
+    real = np.sign(pairs["real_auroc_patchcore"] - pairs["real_auroc_knn"])
+    pairs = pairs.assign(synthetic_first=synthetic > 0, real_first=real > 0, agreement=synthetic * real)
+    rows = [(task, group) for task, group in pairs.groupby("task", sort=False)] + [("all tasks", pairs)]
+    return pd.DataFrame([{"task": task, "pairs": len(group),
+                          "synthetic puts PatchCore first": f"{group['synthetic_first'].mean():.0%}",
+                          "real puts PatchCore first": f"{group['real_first'].mean():.0%}",
+                          "tau across families": round(group["agreement"].mean(), 3)} for task, group in rows])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("leaderboards", type=Path)
@@ -37,7 +57,8 @@ def main() -> None:
     args = parser.parse_args()
     boards = pd.read_csv(args.leaderboards)
     table = comparison(boards).reset_index()
-    text = markdown(table.astype(object).where(table.notna(), ""))
+    text = (markdown(table.astype(object).where(table.notna(), "")) + "\n\nAcross the families, pretrained "
+            "candidates only:\n\n" + markdown(across_families(boards)))
     runs = boards.groupby("task")["seed"].nunique()
     measured = ", ".join(f"{task} ({n} run{'s' if n > 1 else ''})" for task, n in runs.items())
     print(f"{measured}\n\n{text}")
