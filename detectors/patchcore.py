@@ -22,13 +22,14 @@ neighbour distance); the image score is the largest patch score, scaled when `re
 1 - exp(d(x*, m*)) / sum over m in N_b(m*) of exp(d(x*, m)), with x* the highest-scoring patch, m* its
 nearest bank patch and N_b(m*) the b = 9 bank patches nearest to m* (m* itself among them, as anomalib has it).
 
-Anomaly map: the patch scores on the feature grid, bilinearly upsampled to the backbone's input (S x S),
-Gaussian-smoothed with sigma = 4 px there, then bilinearly resized to the image (H x W). Sigma is the paper's
-4 px at its 224 px network input: half a stride-8 feature cell, the same whatever the image's size. At the
-image's own resolution that is sigma = 4 H / S px vertically and 4 W / S horizontally (16 px on a 900 px
-MVTec bottle at S = 224); 4 px at the image resolution would smooth a 900 px image four times less, relative
-to the object and to the feature grid, than the paper does. Smoothing before the last resize is the same
-linear operation up to interpolation error (checked in the tests), at a fraction of the cost on large images.
+Anomaly map (detectors/maps.py, shared with other detectors that localise): the patch scores on the feature
+grid, bilinearly upsampled to the backbone's input (S x S), Gaussian-smoothed with sigma = 4 px there, then
+bilinearly resized to the image (H x W). Sigma is the paper's 4 px at its 224 px network input: half a
+stride-8 feature cell, the same whatever the image's size. At the image's own resolution that is sigma = 4 H /
+S px vertically and 4 W / S horizontally (16 px on a 900 px MVTec bottle at S = 224); 4 px at the image
+resolution would smooth a 900 px image four times less, relative to the object and to the feature grid, than
+the paper does. Smoothing before the last resize is the same linear operation up to interpolation error
+(checked in the tests), at a fraction of the cost on large images.
 
 Nearest-neighbour engine: exact, exhaustive torch search in blocks of at most 1,024 queries x 2,048 bank
 patches (8 MiB of distances: twice as fast here as 1,024 x 8,192; bank norms precomputed, one addmm per block,
@@ -69,18 +70,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.ndimage import gaussian_filter
 from sklearn.exceptions import NotFittedError
 
 from detectors.backbones import backbone_layers, backbone_weights
 from detectors.banked import load_banked, save_banked
 from detectors.features import FeatureCache
 from detectors.interface import register_format
+from detectors.maps import anomaly_maps
 
 _FORMAT = "patchcore/1"
 PROJECTION_DIM = 128
 REWEIGHT_NEIGHBOURS = 9  # b in the paper's eq. 7
-MAP_SIGMA = 4.0  # px at the backbone's input resolution
 IMAGE_BATCH = 32  # images whose patches are scored together
 QUERY_CHUNK = 1024  # query patches x bank patches per distance block: 1024 x 2048 float32 = 8 MiB, which
 BANK_CHUNK = 2048  # searches twice as fast as 1024 x 8192 here (benchmarks/patchcore_speed.py)
@@ -475,17 +475,6 @@ def reweighted_scores(bank: torch.Tensor, patches: torch.Tensor, patch_scores: t
     top = torch.maximum(distances.amax(dim=1), to_anchor)
     weights = 1 - torch.exp(to_anchor - top) / torch.exp(distances - top[:, None]).sum(dim=1)
     return (weights * patch_scores[rows, top_patch].double()).numpy()
-
-
-def anomaly_maps(patch_scores: torch.Tensor, input_size: int, image_size: tuple[int, int]) -> np.ndarray:
-    """(N, H, W) float32 maps from (N, h, w) patch scores: bilinear to input_size x input_size, Gaussian
-    sigma MAP_SIGMA there, bilinear to the image size (H, W)."""
-    grid = patch_scores[:, None].float()
-    grid = F.interpolate(grid, size=(input_size, input_size), mode="bilinear", align_corners=False)
-    smoothed = gaussian_filter(grid[:, 0].numpy(), sigma=(0, MAP_SIGMA, MAP_SIGMA), mode="reflect", truncate=4.0)
-    maps = F.interpolate(torch.from_numpy(smoothed)[:, None], size=tuple(image_size), mode="bilinear",
-                         align_corners=False)
-    return np.ascontiguousarray(maps[:, 0].numpy(), dtype=np.float32)
 
 
 register_format(_FORMAT, PatchCore.load)

@@ -13,7 +13,8 @@ from scipy.ndimage import gaussian_filter
 from detectors import FeatureCache, PatchCore, load_detector
 from detectors import patchcore
 from detectors.banked import BANK_FILE
-from detectors.patchcore import (anomaly_maps, cached_coreset, coreset_projection, greedy_coreset,
+from detectors.maps import MAP_SIGMA, anomaly_maps
+from detectors.patchcore import (cached_coreset, coreset_projection, greedy_coreset,
                                  greedy_k_center, nearest_neighbours, patch_features, reweighted_scores)
 
 SIDE = 64
@@ -331,11 +332,11 @@ def test_smoothing_before_the_last_resize_matches_smoothing_at_image_size(image_
     assert maps.shape == (2, height, width) and maps.dtype == np.float32
     upsampled = F.interpolate(scores[:, None], size=image_size, mode="bilinear", align_corners=False)[:, 0]
     upsampled = upsampled.double().numpy()
-    sigma = (0, patchcore.MAP_SIGMA * height / 224, patchcore.MAP_SIGMA * width / 224)
+    sigma = (0, MAP_SIGMA * height / 224, MAP_SIGMA * width / 224)
     reference = gaussian_filter(upsampled, sigma=sigma, mode="reflect", truncate=4.0)
     spread = float(scores.max() - scores.min())
     assert np.abs(maps - reference).max() <= 0.01 * spread
-    unscaled = gaussian_filter(upsampled, sigma=(0, patchcore.MAP_SIGMA, patchcore.MAP_SIGMA), mode="reflect",
+    unscaled = gaussian_filter(upsampled, sigma=(0, MAP_SIGMA, MAP_SIGMA), mode="reflect",
                                truncate=4.0)
     assert np.abs(unscaled - reference).max() > 0.03 * spread  # the tolerance does tell the two apart
 
