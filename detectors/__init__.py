@@ -4,6 +4,7 @@ Importing the package registers every kind's saved format, so `load_detector` re
 """
 
 from detectors.backbones import create_backbone, list_backbones
+from detectors.clip import ClipDetector
 from detectors.features import FeatureCache
 from detectors.images import ImageReadError, image_digest, load_rgb
 from detectors.interface import Detector, Localiser, load_detector
@@ -12,6 +13,7 @@ from detectors.ensemble import ScoreEnsemble
 from detectors.patchcore import PatchCore
 
 __all__ = [
+    "ClipDetector",
     "DeepKNN",
     "Detector",
     "FeatureCache",

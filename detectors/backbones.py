@@ -191,8 +191,10 @@ def load_weights(path) -> Backbone:
     except (OSError, SafetensorError) as error:
         raise ValueError(f"cannot read backbone weights {path}: {error}") from error
     name, weights = metadata.get("backbone"), metadata.get("weights")
-    if not name or weights not in TRAINABLE_WEIGHTS:
+    if not name or weights in (None, "none"):
         raise ValueError(f"{path} holds no saved backbone (its metadata: {metadata})")
+    if weights not in backbone_weights(name):
+        raise ValueError(f"{path} holds weights {weights!r}, which backbone {name!r} does not take")
     backbone = create_backbone(name, "random")
     try:
         load_model(backbone.network, str(path), strict=True)

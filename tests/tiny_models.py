@@ -70,3 +70,26 @@ def save_tiny_stable_diffusion(directory) -> None:
     clip_tokenizer(directory / "tokenizer").save_pretrained(directory / "tokenizer")
     DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
                   set_alpha_to_one=False).save_pretrained(directory / "scheduler")
+
+
+TINY_CLIP = "tiny-clip-test"
+
+
+def register_tiny_clip() -> str:
+    """Register a toy open_clip architecture (a 2-layer ViT on 32 px inputs, 8 px patches: a 4 x 4 token grid;
+    a 2-layer text transformer) under TINY_CLIP and return its name; built with random weights it needs no
+    download."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import open_clip
+
+    if TINY_CLIP not in open_clip.list_models():
+        config = {"embed_dim": 32,
+                  "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+                  "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
+        path = Path(tempfile.mkdtemp()) / f"{TINY_CLIP}.json"
+        path.write_text(json.dumps(config))
+        open_clip.add_model_config(path)
+    return TINY_CLIP

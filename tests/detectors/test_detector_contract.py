@@ -10,15 +10,19 @@ import numpy as np
 import pytest
 from sklearn.exceptions import NotFittedError
 
-from detectors import DeepKNN, FeatureCache, Localiser, PatchCore, ScoreEnsemble, load_detector
+from detectors import ClipDetector, DeepKNN, FeatureCache, Localiser, PatchCore, ScoreEnsemble, load_detector
 from detectors.interface import list_formats
+from tiny_models import register_tiny_clip
 
 SINGLE = {  # format -> hyper-parameters of a fast configuration
     "deep_knn/1": {"backbone": "pixels_16", "weights": "none", "layer": "raw", "k": 2},
     "patchcore/1": {"backbone": "mobilenet_v2", "weights": "imagenet", "coreset_ratio": 0.25},
+    # a toy CLIP with random weights: its text scores mean nothing, so the visual memory carries the contract
+    "clip/1": {"backbone": f"clip:{register_tiny_clip()}", "weights": "random", "normal_prompts": ["a photo of a thing."],
+               "anomalous_prompts": ["a photo of a damaged thing."], "few_shot": True, "visual_weight": 0.9},
 }
 COMBINED = {"score_ensemble/1"}
-LOCALISING = {"patchcore/1"}  # the kinds with anomaly maps
+LOCALISING = {"patchcore/1", "clip/1"}  # the kinds with anomaly maps
 SIZE = 48
 
 
@@ -47,7 +51,7 @@ def _build(name: str, features: FeatureCache):
 
 
 def _detector_class(name: str):
-    return {"deep_knn/1": DeepKNN, "patchcore/1": PatchCore}[name]
+    return {"deep_knn/1": DeepKNN, "patchcore/1": PatchCore, "clip/1": ClipDetector}[name]
 
 
 def test_every_registered_kind_is_under_contract():

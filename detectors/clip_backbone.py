@@ -1,0 +1,129 @@
+"""CLIP (open_clip) as a backbone family: `clip:<architecture>@<pretrained>`, with the text tower beside it.
+
+The image tower gives two layers in one forward pass: "image", the projected image embedding as a 1 x 1
+map, and "patch", the projected patch tokens on the tower's patch grid (the tokens after the final layer
+norm, through the same projection as the image embedding, as WinCLIP-style zero-shot maps use them). Both
+go through the FeatureCache like any backbone's layers, so each image is encoded once and, with a feature
+directory, kept on disk by content. `text_features(prompts)` encodes prompts with the text tower, each
+prompt once per backbone object (cached in memory).
+
+Names: `<architecture>` is an open_clip model name (`open_clip.list_models()`, e.g. ViT-B-16-plus-240) and
+`<pretrained>` either an open_clip pretrained tag of it (e.g. laion400m_e31, fetched from the Hugging Face
+hub on first use) or a local checkpoint file (.safetensors; .bin / .pt / .pth are read with
+torch.load(weights_only=True)). `clip:hf-hub:<org>/<repo>` takes architecture and weights from a hub
+repository. Weights "pretrained" loads them; "random" builds the architecture with a seeded random init
+(negative controls, tests). Only vision-transformer towers are supported: their patch tokens make the maps.
+Images are resized to the tower's square input (no centre crop: an inspection image's border can hold the
+defect) and normalised with the model's mean and std.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from compat import torchvision_fix
+from detectors.backbones import Backbone, _check_weights, _seeded_init, register_family
+
+CLIP_PREFIX = "clip:"
+CLIP_LAYERS = ("image", "patch")
+CLIP_WEIGHTS = ("pretrained", "random")
+
+
+class ClipTowers(nn.Module):
+    """An open_clip model whose forward pass maps images to {"image": (N, D, 1, 1), "patch": (N, D, h, w)}; its
+    `text_features` encodes prompts (the model's parameters live under `clip.`)."""
+
+    def __init__(self, clip: nn.Module, tokenizer):
+        super().__init__()
+        self.clip = clip
+        self.tokenizer = tokenizer
+        self._text: dict[str, np.ndarray] = {}
+
+    def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        visual = self.clip.visual
+        visual.output_tokens = True
+        try:
+            pooled, tokens = visual(batch)
+        finally:
+            visual.output_tokens = False
+        if visual.proj is not None:
+            tokens = tokens @ visual.proj
+        height, width = visual.grid_size
+        grid = tokens.transpose(1, 2).reshape(len(batch), tokens.shape[2], height, width)
+        return {"image": pooled[:, :, None, None], "patch": grid}
+
+    def text_features(self, prompts) -> np.ndarray:
+        """(P, D) float32 unit-length text embeddings of `prompts`; each prompt is encoded once."""
+        prompts = list(prompts)
+        missing = [prompt for prompt in dict.fromkeys(prompts) if prompt not in self._text]
+        if missing:
+            device = next(self.clip.parameters()).device
+            with torch.inference_mode():
+                encoded = self.clip.encode_text(self.tokenizer(missing).to(device)).float()
+            encoded = torch.nn.functional.normalize(encoded, dim=1).cpu().numpy()
+            self._text.update(zip(missing, encoded))
+        return np.stack([self._text[prompt] for prompt in prompts]) if prompts else np.zeros((0, 0), np.float32)
+
+
+def parse_clip_name(name: str) -> tuple[str, str | None]:
+    """(architecture, pretrained tag or checkpoint path or None) of `clip:<architecture>[@<pretrained>]`."""
+    architecture, _, pretrained = name.removeprefix(CLIP_PREFIX).partition("@")
+    if not architecture:
+        raise ValueError(f"backbone {name!r} names no CLIP architecture: use clip:<architecture>@<pretrained>, "
+                         "e.g. clip:ViT-B-16-plus-240@laion400m_e31")
+    return architecture, pretrained or None
+
+
+@register_family(CLIP_PREFIX, CLIP_LAYERS, CLIP_WEIGHTS)
+def _clip(name: str, weights: str) -> Backbone:
+    torchvision_fix.apply()
+    import open_clip
+
+    _check_weights(name, weights, CLIP_WEIGHTS)
+    architecture, pretrained = parse_clip_name(name)
+    hub = architecture.startswith("hf-hub:")
+    if not hub and architecture not in open_clip.list_models():
+        raise ValueError(f"unknown CLIP architecture {architecture!r} in backbone {name!r}; "
+                         "see open_clip.list_models()")
+    if weights == "pretrained" and not hub:
+        if pretrained is None:
+            raise ValueError(f"backbone {name!r} names no pretrained weights: add @<tag> (one of "
+                             f"{', '.join(open_clip.list_pretrained_tags_by_model(architecture))}) or "
+                             "@<local checkpoint file>")
+        if _looks_like_path(pretrained) and not Path(pretrained).is_file():
+            raise FileNotFoundError(f"CLIP checkpoint for backbone {name!r} not found: {pretrained}")
+        if not _looks_like_path(pretrained) and pretrained not in open_clip.list_pretrained_tags_by_model(architecture):
+            raise ValueError(f"{architecture!r} has no pretrained tag {pretrained!r}; known: "
+                             f"{', '.join(open_clip.list_pretrained_tags_by_model(architecture))}, or a local file")
+    try:
+        with _seeded_init():
+            model = open_clip.create_model(architecture, pretrained=pretrained if weights == "pretrained" else None)
+        tokenizer = open_clip.get_tokenizer(architecture)
+    except RuntimeError as error:
+        raise ValueError(_build_error(name, error)) from None
+    if not isinstance(model.visual, open_clip.transformer.VisionTransformer):
+        raise ValueError(f"backbone {name!r}: only vision-transformer CLIP towers are supported (their patch "
+                         f"tokens make the anomaly maps), not {type(model.visual).__name__}")
+    size = model.visual.image_size
+    size = size if isinstance(size, int) else size[0]
+    config = model.visual.preprocess_cfg
+    return Backbone(name=name, weights=weights, network=ClipTowers(model, tokenizer), input_size=size,
+                    mean=tuple(config["mean"]), std=tuple(config["std"]), layers=CLIP_LAYERS)
+
+
+def _looks_like_path(pretrained: str) -> bool:
+    return os.sep in pretrained or pretrained.endswith((".safetensors", ".bin", ".pt", ".pth"))
+
+
+def _build_error(name: str, error: RuntimeError) -> str:
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if "download" in message.lower() or "hub" in message.lower():
+        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") else ""
+        return (f"the weights of CLIP backbone {name!r} are not on this machine and could not be fetched from the "
+                f"Hugging Face hub{offline}: fetch them where the hub is reachable (unset HF_HUB_OFFLINE), or name "
+                f"a local checkpoint file, clip:<architecture>@/path/to/open_clip_model.safetensors")
+    return f"cannot build CLIP backbone {name!r}: {message}"
+
