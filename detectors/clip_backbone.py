@@ -11,7 +11,8 @@ Names: `<architecture>` is an open_clip model name (`open_clip.list_models()`, e
 `<pretrained>` either an open_clip pretrained tag of it (e.g. laion400m_e31, fetched from the Hugging Face
 hub on first use) or a local checkpoint file (.safetensors; .bin / .pt / .pth are read with
 torch.load(weights_only=True)). `clip:hf-hub:<org>/<repo>` takes architecture and weights from a hub
-repository. Weights "pretrained" loads them; "random" builds the architecture with a seeded random init
+repository, `clip:local-dir:<folder>` from a folder laid out as one (open_clip_config.json beside
+open_clip_model.safetensors or open_clip_pytorch_model.bin: a downloaded hub snapshot, or a model of one's own). Weights "pretrained" loads them; "random" builds the architecture with a seeded random init
 (negative controls, tests). Only vision-transformer towers are supported: their patch tokens make the maps.
 Images are resized to the tower's square input (no centre crop: an inspection image's border can hold the
 defect) and normalised with the model's mean and std.
@@ -30,6 +31,7 @@ from detectors.backbones import Backbone, _check_weights, _seeded_init, register
 CLIP_PREFIX = "clip:"
 CLIP_LAYERS = ("image", "patch")
 CLIP_WEIGHTS = ("pretrained", "random")
+HUB, LOCAL_DIR = "hf-hub:", "local-dir:"  # open_clip's schemas: architecture and weights from one place
 
 
 class ClipTowers(nn.Module):
@@ -84,23 +86,15 @@ def _clip(name: str, weights: str) -> Backbone:
 
     _check_weights(name, weights, CLIP_WEIGHTS)
     architecture, pretrained = parse_clip_name(name)
-    hub = architecture.startswith("hf-hub:")
-    if not hub and architecture not in open_clip.list_models():
-        raise ValueError(f"unknown CLIP architecture {architecture!r} in backbone {name!r}; "
-                         "see open_clip.list_models()")
-    if weights == "pretrained" and not hub:
-        if pretrained is None:
-            raise ValueError(f"backbone {name!r} names no pretrained weights: add @<tag> (one of "
-                             f"{', '.join(open_clip.list_pretrained_tags_by_model(architecture))}) or "
-                             "@<local checkpoint file>")
-        if _looks_like_path(pretrained) and not Path(pretrained).is_file():
-            raise FileNotFoundError(f"CLIP checkpoint for backbone {name!r} not found: {pretrained}")
-        if not _looks_like_path(pretrained) and pretrained not in open_clip.list_pretrained_tags_by_model(architecture):
-            raise ValueError(f"{architecture!r} has no pretrained tag {pretrained!r}; known: "
-                             f"{', '.join(open_clip.list_pretrained_tags_by_model(architecture))}, or a local file")
+    folder = architecture.startswith(LOCAL_DIR)
+    if folder and not Path(architecture.removeprefix(LOCAL_DIR), "open_clip_config.json").is_file():
+        raise FileNotFoundError(f"no open_clip_config.json in the folder of backbone {name!r}")
+    if not folder and not architecture.startswith(HUB):  # an architecture open_clip knows, its weights named
+        _check_pretrained(name, architecture, pretrained if weights == "pretrained" else "", open_clip)
     try:
         with _seeded_init():
-            model = open_clip.create_model(architecture, pretrained=pretrained if weights == "pretrained" else None)
+            model = open_clip.create_model(architecture, pretrained=pretrained if weights == "pretrained" else None,
+                                           load_weights=weights == "pretrained")
         tokenizer = open_clip.get_tokenizer(architecture)
     except RuntimeError as error:
         raise ValueError(_build_error(name, error)) from None
@@ -112,6 +106,23 @@ def _clip(name: str, weights: str) -> Backbone:
     config = model.visual.preprocess_cfg
     return Backbone(name=name, weights=weights, network=ClipTowers(model, tokenizer), input_size=size,
                     mean=tuple(config["mean"]), std=tuple(config["std"]), layers=CLIP_LAYERS)
+
+
+def _check_pretrained(name: str, architecture: str, pretrained: str | None, open_clip) -> None:
+    """Refuse an unknown architecture, a missing tag or a missing file before anything is built ("": no weights
+    asked for)."""
+    if architecture not in open_clip.list_models():
+        raise ValueError(f"unknown CLIP architecture {architecture!r} in backbone {name!r}; "
+                         "see open_clip.list_models()")
+    tags = open_clip.list_pretrained_tags_by_model(architecture)
+    if pretrained is None:
+        raise ValueError(f"backbone {name!r} names no pretrained weights: add @<tag> (one of {', '.join(tags)}) or "
+                         "@<local checkpoint file>")
+    if pretrained and _looks_like_path(pretrained) and not Path(pretrained).is_file():
+        raise FileNotFoundError(f"CLIP checkpoint for backbone {name!r} not found: {pretrained}")
+    if pretrained and not _looks_like_path(pretrained) and pretrained not in tags:
+        raise ValueError(f"{architecture!r} has no pretrained tag {pretrained!r}; known: {', '.join(tags)}, "
+                         "or a local file")
 
 
 def _looks_like_path(pretrained: str) -> bool:

@@ -73,6 +73,9 @@ def save_tiny_stable_diffusion(directory) -> None:
 
 
 TINY_CLIP = "tiny-clip-test"
+TINY_CLIP_CONFIG = {"embed_dim": 32,
+                    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+                    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
 
 
 def register_tiny_clip() -> str:
@@ -86,10 +89,27 @@ def register_tiny_clip() -> str:
     import open_clip
 
     if TINY_CLIP not in open_clip.list_models():
-        config = {"embed_dim": 32,
-                  "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
-                  "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
         path = Path(tempfile.mkdtemp()) / f"{TINY_CLIP}.json"
-        path.write_text(json.dumps(config))
+        path.write_text(json.dumps(TINY_CLIP_CONFIG))
         open_clip.add_model_config(path)
     return TINY_CLIP
+
+
+def save_tiny_clip_folder(directory, state_dict=None):
+    """The toy CLIP as open_clip's folder layout (`clip:local-dir:<directory>`): open_clip_config.json and
+    open_clip_model.safetensors holding `state_dict` (default: the seeded random init)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from detectors import create_backbone
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if state_dict is None:
+        state_dict = create_backbone(f"clip:{register_tiny_clip()}", "random").network.clip.state_dict()
+    (directory / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP_CONFIG}))
+    save_file({name: tensor.contiguous() for name, tensor in state_dict.items()},
+              directory / "open_clip_model.safetensors")
+    return directory

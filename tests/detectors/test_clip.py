@@ -12,7 +12,7 @@ from detectors import ClipDetector, FeatureCache, create_backbone, load_detector
 from detectors.backbones import load_weights, save_weights
 from detectors.features import _preprocess
 from detectors.maps import anomaly_maps
-from tiny_models import register_tiny_clip
+from tiny_models import register_tiny_clip, save_tiny_clip_folder
 
 TINY = f"clip:{register_tiny_clip()}"
 NORMAL, ANOMALOUS = ("a photo of a bottle.",), ("a photo of a bottle with defect.",)
@@ -142,9 +142,11 @@ def test_a_hub_tag_offline_names_the_backbone_and_hf_hub_offline(monkeypatch):
         create_backbone("clip:ViT-B-16-plus-240@/nowhere/model.safetensors", "pretrained")
     with pytest.raises(ValueError, match="names no pretrained weights"):
         create_backbone("clip:ViT-B-16-plus-240", "pretrained")
+    with pytest.raises(FileNotFoundError, match="no open_clip_config.json in the folder of backbone"):
+        create_backbone("clip:local-dir:/nowhere", "pretrained")
 
 
-def test_a_local_checkpoint_file_loads_as_pretrained_weights_and_bundles(tmp_path):
+def test_a_local_checkpoint_file_or_folder_loads_as_pretrained_weights_and_bundles(tmp_path):
     trained = create_backbone(TINY, "random")
     with torch.no_grad():  # weights that differ from the seeded random init
         for parameter in trained.network.clip.parameters():
@@ -161,6 +163,9 @@ def test_a_local_checkpoint_file_loads_as_pretrained_weights_and_bundles(tmp_pat
     trained.name, trained.weights = name, "pretrained"
     np.testing.assert_allclose(ClipDetector(**local.get_params(), features=features).fit([]).anomaly_scores(images),
                                scores, atol=1e-6)
+    folder = save_tiny_clip_folder(tmp_path / "folder", trained.network.clip.state_dict())
+    from_folder = ClipDetector(**{**local.get_params(), "backbone": f"clip:local-dir:{folder}"})
+    np.testing.assert_allclose(from_folder.fit([]).anomaly_scores(images), scores, atol=1e-6)
     save_weights(features.backbone(name, "pretrained"), tmp_path / "bundle.safetensors")
     rebuilt = load_weights(tmp_path / "bundle.safetensors")
     assert (rebuilt.name, rebuilt.weights) == (name, "pretrained")
