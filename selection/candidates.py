@@ -16,9 +16,10 @@ if TYPE_CHECKING:
     from detectors import Detector, FeatureCache
 
 OFFLINE_BACKBONES = ("mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+DEFAULT_CLIP_MODEL = "clip:ViT-B-16-plus-240@laion400m_e31"  # SWSA's and WinCLIP's (from the hub on first use)
 LAYERS = ("last", "mid")
 ENSEMBLES = ("none", "pretrained", "standard", *LAYERS)  # which candidates a score ensemble joins (ensemble_candidate)
-BUILT_IN_KINDS = {"knn": "selection.kinds.knn", "patchcore": "selection.kinds.patchcore"}  # name -> module that registers it
+BUILT_IN_KINDS = {"knn": "selection.kinds.knn", "patchcore": "selection.kinds.patchcore", "clip": "selection.kinds.clip"}  # name -> module that registers it
 
 
 class Candidate(Protocol):
@@ -49,13 +50,15 @@ class Candidate(Protocol):
 
 @dataclass(frozen=True)
 class CandidatePool:
-    """What the user allows: the backbones and layers to build candidates on, kNN's k, and whether negative
-    controls join."""
+    """What the user allows: the backbones and layers to build candidates on, kNN's k, whether negative
+    controls join, the CLIP models, and what prompts call the object."""
 
     backbones: tuple[str, ...] = OFFLINE_BACKBONES
     layers: tuple[str, ...] = LAYERS
     k: int = 3
     controls: bool = True
+    clip_models: tuple[str, ...] = (DEFAULT_CLIP_MODEL,)
+    object_name: str = "object"
 
 
 @dataclass(frozen=True)

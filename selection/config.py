@@ -3,7 +3,8 @@ lines answer `--help` and argument errors before torch, MLflow or Optuna load.""
 
 from dataclasses import dataclass, field
 
-from selection.candidates import LAYERS, OFFLINE_BACKBONES, Candidate, CandidatePool, default_candidates
+from selection.candidates import (DEFAULT_CLIP_MODEL, LAYERS, OFFLINE_BACKBONES, Candidate, CandidatePool,
+                                  default_candidates)
 from selection.confidence import DEFAULT_CONFIDENCE
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
@@ -21,7 +22,7 @@ class SelectionConfig:
     diffusion_steps: int = 50
     sd_model: str | None = None  # CUT's Stable Diffusion: hub id or local directory (default: its own)
     anomalies: tuple[str, ...] = ("damaged",)  # CUT's anomaly words or phrases, used in turn
-    object_name: str | None = None  # CUT's {cls} (default: from the task name)
+    object_name: str | None = None  # what CUT's and CLIP's prompts call the object (default: from the task name)
     generator_options: dict = field(default_factory=dict)  # generator -> {parameter: value}, applied last
     ensemble: str = "last"  # which candidates also join a score ensemble, ranked as one more candidate
     prior: str | None = None  # kept without strong evidence (default: the ensemble, else the largest pretrained)
@@ -29,6 +30,7 @@ class SelectionConfig:
     detectors: tuple[str, ...] = ("knn",)  # the detector kinds whose default candidates are ranked
     backbones: tuple[str, ...] = OFFLINE_BACKBONES
     layers: tuple[str, ...] = LAYERS
+    clip_models: tuple[str, ...] = (DEFAULT_CLIP_MODEL,)
     k: int = 3
     controls: bool = True
     seed: int = 0
@@ -45,8 +47,18 @@ class SelectionConfig:
     feature_dir: str | None = "mlruns/features"  # pooled features kept on disk for later runs; None: memory only
     device: str = "cpu"
 
+    @property
+    def prompt_object(self) -> str:
+        """What prompts call the task's object: --object-name, else from the task's name."""
+        from selection.prompts import object_name
+
+        return self.object_name or object_name(self.task)
+
+    def candidate_pool(self) -> CandidatePool:
+        return CandidatePool(self.backbones, self.layers, self.k, self.controls, self.clip_models, self.prompt_object)
+
     def candidates(self) -> list[Candidate]:
-        return default_candidates(CandidatePool(self.backbones, self.layers, self.k, self.controls), self.detectors)
+        return default_candidates(self.candidate_pool(), self.detectors)
 
 
 @dataclass

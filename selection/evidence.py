@@ -12,6 +12,7 @@ from detectors import Detector, FeatureCache, Localiser, ScoreEnsemble, load_rgb
 from detectors.images import load_mask
 from selection.candidates import Candidate, EnsembleCandidate, backbone_parameters
 from selection.localisation import aupro, binarise_masks, pixel_auroc
+from selection.prompts import object_name
 from selection.scoring import auroc, require_two_classes
 from selection.split import split_support
 from selection.tasks import Task, load_task
@@ -99,21 +100,13 @@ def _generator_params(config, task: Task, generator: str) -> dict:
         if config.diffusion_model:
             params["model"] = config.diffusion_model
     elif generator == "cut":
-        params = {"anomalies": list(config.anomalies), "object_name": config.object_name or object_name(task),
+        params = {"anomalies": list(config.anomalies), "object_name": config.object_name or object_name(task.name),
                   "device": config.device}
         if config.sd_model:
             params["model"] = config.sd_model
     else:
         params = {}
     return {**params, **config.generator_options.get(generator, {})}
-
-
-def object_name(task: Task) -> str:
-    """What a prompt calls the task's object: the category, or the folder's name."""
-    if task.name == "elpv":
-        return "solar cell"
-    name = task.name.rstrip("/").split("/")[-1].split(":")[-1]
-    return name.replace("_", " ")
 
 
 @dataclass

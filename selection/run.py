@@ -35,7 +35,8 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
                                            f"layout (default {CUT_MODEL})")
     parser.add_argument("--anomaly", dest="anomalies", type=_csv, default=("damaged",),
                         help="CUT's anomaly words or phrases, comma-separated, used in turn (default damaged)")
-    parser.add_argument("--object-name", help="what CUT's prompt calls the object (default: from the task)")
+    parser.add_argument("--object-name", help="what CUT's and CLIP's prompts call the object (default: from the "
+                                              "task's name, cleaned: pcb1 -> printed circuit board)")
     parser.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE,
                         help="probability the synthetic winner needs to overrule the prior, and a new model version "
                              "to displace the registered champion: calibrated on the quality benchmark where it was "
@@ -49,6 +50,10 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated backbones; timm models as timm:<name> or timm:<name>@<weights file> "
                              f"(default: {','.join(OFFLINE_BACKBONES)})")
     parser.add_argument("--layers", type=_csv, default=LAYERS, help="comma-separated: last, mid (default both)")
+    parser.add_argument("--clip-models", type=_csv, default=SelectionConfig.clip_models,
+                        help="comma-separated CLIP models for the clip detectors: clip:<open_clip architecture>@<tag "
+                             "or local checkpoint file>, clip:hf-hub:<org>/<repo> or clip:local-dir:<folder> "
+                             f"(default {','.join(SelectionConfig.clip_models)}, fetched from the hub on first use)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-seed", type=int, default=20, help="seed images for the generators (default 20)")
     parser.add_argument("--n-anomalies", type=int, default=100, help="synthetic anomalies per generator (default 100)")

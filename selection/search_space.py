@@ -15,12 +15,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class SpaceBounds:
-    """What the task and the user allow: the backbones and layers to choose from, and the bank size (k can't
-    exceed it)."""
+    """What the task and the user allow: the backbones and layers to choose from, the bank size (k can't
+    exceed it), the CLIP models, and what prompts call the object."""
 
     backbones: tuple[str, ...]
     layers: tuple[str, ...]
     bank_size: int
+    clip_models: tuple[str, ...] = ()
+    object_name: str = "object"
 
 
 SearchSpace = Callable[["optuna.Trial", SpaceBounds], "Candidate"]

@@ -13,7 +13,7 @@ import socket
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import optuna
@@ -25,9 +25,9 @@ from sqlalchemy.engine import make_url
 from compat.progress import progress
 from detectors import FeatureCache
 from selection import registry, tracking
-from selection.candidates import Candidate, CandidatePool, default_candidates, largest_pretrained
+from selection.candidates import Candidate, default_candidates, largest_pretrained
 from selection.evidence import Evidence, check_candidates, evidence_digest, gather_evidence, score_candidate
-from selection.config import SearchConfig
+from selection.config import SearchConfig, SelectionConfig
 from selection.confidence import Decision, decide
 from selection.scoring import RankingComparison, compare_rankings
 from selection.report import Report
@@ -59,8 +59,7 @@ def run_search(config: SearchConfig) -> SearchResult:
         raise ValueError(f"need at least one trial and one worker, got {config.n_trials} and {config.workers}")
     space = get_search_space(config.space)
     features = FeatureCache(device=selection.device, directory=selection.feature_dir)
-    check_candidates(default_candidates(CandidatePool(selection.backbones, selection.layers, controls=False),
-                                        (config.space,)), features)
+    check_candidates(default_candidates(replace(selection.candidate_pool(), controls=False), (config.space,)), features)
     evidence = gather_evidence(selection)
     tracking.configure(selection.tracking_uri, selection.experiment)
     study, run_id = _open_study(config, evidence)
@@ -79,7 +78,7 @@ def run_search(config: SearchConfig) -> SearchResult:
     if trials.empty:
         raise RuntimeError(f"study {study.study_name} has no completed trial; " + "; ".join(failures))
     best = study.best_trial
-    bounds = SpaceBounds(selection.backbones, selection.layers, len(evidence.bank))
+    bounds = space_bounds(selection, evidence)
     best_candidate = space(optuna.trial.FixedTrial(best.params), bounds)
     result = SearchResult(study.study_name, trials, best_candidate, best.number,
                           _count(study, TrialState.COMPLETE) - completed_before,
@@ -88,13 +87,18 @@ def run_search(config: SearchConfig) -> SearchResult:
     return result
 
 
+def space_bounds(selection: SelectionConfig, evidence: Evidence) -> SpaceBounds:
+    return SpaceBounds(selection.backbones, selection.layers, len(evidence.bank), selection.clip_models,
+                       selection.prompt_object)
+
+
 class TrialObjective:
     """Scores one trial's candidate on the synthetic sets; as an Optuna callback, logs completed trials to
     MLflow as children of the search's run."""
 
     def __init__(self, config: SearchConfig, evidence: Evidence, features: FeatureCache, parent_run_id: str):
         self.space = get_search_space(config.space)
-        self.bounds = SpaceBounds(config.selection.backbones, config.selection.layers, len(evidence.bank))
+        self.bounds = space_bounds(config.selection, evidence)
         self.n_trials = config.n_trials
         self.evidence = evidence
         self.features = features
@@ -338,8 +342,8 @@ def _decided_pick(config: SearchConfig, result: SearchResult, evidence: Evidence
     decided as `selection.run` decides: the prior is kept unless the synthetic evidence is confident that
     the best trial beats it. Sets `result.decision`."""
     selection = config.selection
-    prior = largest_pretrained(default_candidates(
-        CandidatePool(selection.backbones, selection.layers, selection.k, controls=False), (config.space,)), features)
+    prior = largest_pretrained(default_candidates(replace(selection.candidate_pool(), controls=False),
+                                                  (config.space,)), features)
     scored = {c.name: score_candidate(c, evidence, features) for c in (result.best, prior)}
     ranking = sorted(scored, key=lambda name: (-scored[name].row["synthetic_auroc"], name))
     result.decision = decide(ranking, prior.name, {vs.generator: vs.labels for vs in evidence.validation_sets},
