@@ -97,7 +97,7 @@ def register_tiny_clip() -> str:
 
 def save_tiny_clip_folder(directory, state_dict=None):
     """The toy CLIP as open_clip's folder layout (`clip:local-dir:<directory>`): open_clip_config.json and
-    open_clip_model.safetensors holding `state_dict` (default: the seeded random init)."""
+    open_clip_model.safetensors holding `state_dict` (default: the seeded random init plus seeded noise)."""
     import json
     from pathlib import Path
 
@@ -107,8 +107,11 @@ def save_tiny_clip_folder(directory, state_dict=None):
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    if state_dict is None:
-        state_dict = create_backbone(f"clip:{register_tiny_clip()}", "random").network.clip.state_dict()
+    if state_dict is None:  # the seeded random init, moved: "pretrained" weights that differ from "random"
+        generator = torch.Generator().manual_seed(1)
+        state_dict = {name: tensor + 0.02 * torch.randn(tensor.shape, generator=generator)
+                      if tensor.is_floating_point() else tensor
+                      for name, tensor in create_backbone(f"clip:{register_tiny_clip()}", "random").network.clip.state_dict().items()}
     (directory / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP_CONFIG}))
     save_file({name: tensor.contiguous() for name, tensor in state_dict.items()},
               directory / "open_clip_model.safetensors")
