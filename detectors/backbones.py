@@ -15,6 +15,7 @@ module stays light.
 
 import importlib
 import importlib.util
+import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -42,8 +43,12 @@ class Backbone:
     """A frozen network in eval mode with the input it expects (`input_size`, `mean`, `std` on [0, 1] pixels)."""
 
     def __init__(self, *, name: str, weights: str, network: nn.Module, input_size: int,
-                 mean: tuple[float, ...], std: tuple[float, ...], layers: tuple[str, ...]):
+                 mean: tuple[float, ...], std: tuple[float, ...], layers: tuple[str, ...],
+                 architecture: dict | None = None):
         self.name = name
+        # how to build the network where its name's source (a folder, a hub repository) is absent: saved with the
+        # weights, {"builder": <a register_builder name>, ...}; None where the name alone rebuilds it
+        self.architecture = architecture
         self.weights = weights
         self.network = network.eval().requires_grad_(False)
         self.input_size = int(input_size)
@@ -172,11 +177,24 @@ def _factory(name: str) -> tuple[str, Callable[[str, str], Backbone]]:
     raise ValueError(f"unknown backbone {name!r}; known: {', '.join(list_backbones() + families)}")
 
 
+_BUILDERS: dict[str, Callable[[str, dict], Backbone]] = {}
+
+
+def register_builder(name: str, builder: Callable[[str, dict], Backbone]) -> None:
+    """Let `load_weights` rebuild, with random weights, backbones whose `architecture` names `name`:
+    `builder(backbone name, architecture)`."""
+    _BUILDERS[name] = builder
+
+
 def save_weights(backbone: Backbone, path) -> None:
-    """The network's parameters and buffers as a safetensors file; its metadata names the backbone and weights."""
+    """The network's parameters and buffers as a safetensors file; its metadata names the backbone and weights
+    (and holds its architecture, where the name alone cannot rebuild it)."""
     from safetensors.torch import save_model
 
-    save_model(backbone.network, str(path), metadata={"backbone": backbone.name, "weights": backbone.weights})
+    metadata = {"backbone": backbone.name, "weights": backbone.weights}
+    if backbone.architecture is not None:
+        metadata["architecture"] = json.dumps(backbone.architecture)
+    save_model(backbone.network, str(path), metadata=metadata)
 
 
 def load_weights(path) -> Backbone:
@@ -195,7 +213,13 @@ def load_weights(path) -> Backbone:
         raise ValueError(f"{path} holds no saved backbone (its metadata: {metadata})")
     if weights not in backbone_weights(name):
         raise ValueError(f"{path} holds weights {weights!r}, which backbone {name!r} does not take")
-    backbone = create_backbone(name, "random")
+    if "architecture" in metadata:
+        architecture = json.loads(metadata["architecture"])
+        if architecture.get("builder") not in _BUILDERS:
+            raise ValueError(f"{path} needs the backbone builder {architecture.get('builder')!r}, which is not installed")
+        backbone = _BUILDERS[architecture["builder"]](name, architecture)
+    else:
+        backbone = create_backbone(name, "random")
     try:
         load_model(backbone.network, str(path), strict=True)
     except RuntimeError as error:

@@ -8,17 +8,21 @@ directory, kept on disk by content. `text_features(prompts)` encodes prompts wit
 prompt once per backbone object (cached in memory).
 
 Names: `<architecture>` is an open_clip model name (`open_clip.list_models()`, e.g. ViT-B-16-plus-240) and
-`<pretrained>` either an open_clip pretrained tag of it (e.g. laion400m_e31, fetched from the Hugging Face
-hub on first use) or a local checkpoint file (.safetensors; .bin / .pt / .pth are read with
+`<pretrained>` either an open_clip pretrained tag of it (e.g. laion400m_e31, fetched from the Hugging Face hub
+on first use) or a local checkpoint file (.safetensors; .bin / .pt / .pth are read with
 torch.load(weights_only=True)). `clip:hf-hub:<org>/<repo>` takes architecture and weights from a hub
 repository, `clip:local-dir:<folder>` from a folder laid out as one (open_clip_config.json beside
-open_clip_model.safetensors or open_clip_pytorch_model.bin: a downloaded hub snapshot, or a model of one's own). Weights "pretrained" loads them; "random" builds the architecture with a seeded random init
-(negative controls, tests). Only vision-transformer towers are supported: their patch tokens make the maps.
-Images are resized to the tower's square input (no centre crop: an inspection image's border can hold the
-defect) and normalised with the model's mean and std.
+open_clip_model.safetensors or open_clip_pytorch_model.bin: a downloaded hub snapshot, or a model of one's
+own). Weights "pretrained" loads them; "random" builds the architecture with a seeded random init (negative
+controls, tests). Only vision-transformer towers are supported: their patch tokens make the maps. Images are
+resized to the tower's square input (no centre crop: an inspection image's border can hold the defect) and
+normalised with the model's mean and std. Saved weights (a registered model's bundle) carry the open_clip
+config of folder and hub models, so they load where neither the folder nor the hub is reachable.
 """
 
+import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +30,7 @@ import torch
 from torch import nn
 
 from compat import torchvision_fix
-from detectors.backbones import Backbone, _check_weights, _seeded_init, register_family
+from detectors.backbones import Backbone, _check_weights, _seeded_init, register_builder, register_family
 
 CLIP_PREFIX = "clip:"
 CLIP_LAYERS = ("image", "patch")
@@ -85,17 +89,18 @@ def _clip(name: str, weights: str) -> Backbone:
     import open_clip
 
     _check_weights(name, weights, CLIP_WEIGHTS)
-    architecture, pretrained = parse_clip_name(name)
-    folder = architecture.startswith(LOCAL_DIR)
-    if folder and not Path(architecture.removeprefix(LOCAL_DIR), "open_clip_config.json").is_file():
+    architecture_name, pretrained = parse_clip_name(name)
+    folder = architecture_name.startswith(LOCAL_DIR)
+    if folder and not Path(architecture_name.removeprefix(LOCAL_DIR), "open_clip_config.json").is_file():
         raise FileNotFoundError(f"no open_clip_config.json in the folder of backbone {name!r}")
-    if not folder and not architecture.startswith(HUB):  # an architecture open_clip knows, its weights named
-        _check_pretrained(name, architecture, pretrained if weights == "pretrained" else "", open_clip)
+    if not folder and not architecture_name.startswith(HUB):  # an architecture open_clip knows, its weights named
+        _check_pretrained(name, architecture_name, pretrained if weights == "pretrained" else "", open_clip)
     try:
         with _seeded_init():
-            model = open_clip.create_model(architecture, pretrained=pretrained if weights == "pretrained" else None,
+            model = open_clip.create_model(architecture_name,
+                                           pretrained=pretrained if weights == "pretrained" else None,
                                            load_weights=weights == "pretrained")
-        tokenizer = open_clip.get_tokenizer(architecture)
+        tokenizer = open_clip.get_tokenizer(architecture_name)
     except RuntimeError as error:
         raise ValueError(_build_error(name, error)) from None
     if not isinstance(model.visual, open_clip.transformer.VisionTransformer):
@@ -104,8 +109,27 @@ def _clip(name: str, weights: str) -> Backbone:
     size = model.visual.image_size
     size = size if isinstance(size, int) else size[0]
     config = model.visual.preprocess_cfg
+    architecture = None
+    if folder or architecture_name.startswith(HUB):  # the folder or the hub may be absent where it is loaded
+        architecture = {"builder": "open_clip", "model_cfg": open_clip.get_model_config(architecture_name),
+                        "preprocess_cfg": {key: config[key] for key in ("mean", "std")}}
     return Backbone(name=name, weights=weights, network=ClipTowers(model, tokenizer), input_size=size,
-                    mean=tuple(config["mean"]), std=tuple(config["std"]), layers=CLIP_LAYERS)
+                    mean=tuple(config["mean"]), std=tuple(config["std"]), layers=CLIP_LAYERS,
+                    architecture=architecture)
+
+
+def _from_architecture(name: str, architecture: dict) -> Backbone:
+    """A CLIP backbone named `name`, built with random weights from a saved open_clip config (its folder or hub
+    repository need not exist here)."""
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "open_clip_config.json").write_text(json.dumps(
+            {"model_cfg": architecture["model_cfg"], "preprocess_cfg": architecture["preprocess_cfg"]}))
+        backbone = _clip(f"{CLIP_PREFIX}{LOCAL_DIR}{folder}", "random")
+    backbone.name, backbone.architecture = name, architecture
+    return backbone
+
+
+register_builder("open_clip", _from_architecture)
 
 
 def _check_pretrained(name: str, architecture: str, pretrained: str | None, open_clip) -> None:

@@ -171,3 +171,20 @@ def test_a_local_checkpoint_file_or_folder_loads_as_pretrained_weights_and_bundl
     assert (rebuilt.name, rebuilt.weights) == (name, "pretrained")
     for saved, loaded in zip(trained.network.state_dict().values(), rebuilt.network.state_dict().values()):
         torch.testing.assert_close(saved, loaded, rtol=0, atol=0)
+
+
+def test_a_bundle_of_a_folder_model_loads_where_the_folder_is_gone(tmp_path):
+    import shutil
+
+    from detectors.bundle import load_bundle, save_bundle
+
+    folder = save_tiny_clip_folder(tmp_path / "model")
+    images = _images(2, 9)
+    detector = _detector(backbone=f"clip:local-dir:{folder}", weights="pretrained").fit([])
+    scores, maps = detector.scores_and_maps(images)
+    save_bundle(detector, tmp_path / "bundle")
+    shutil.rmtree(folder)
+    loaded = load_bundle(tmp_path / "bundle")
+    again_scores, again_maps = loaded.scores_and_maps(images)
+    np.testing.assert_array_equal(again_scores, scores)
+    np.testing.assert_array_equal(again_maps, maps)
