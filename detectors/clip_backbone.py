@@ -5,7 +5,7 @@ map, and "patch", the projected patch tokens on the tower's patch grid (the toke
 norm, through the same projection as the image embedding, as WinCLIP-style zero-shot maps use them). Both
 go through the FeatureCache like any backbone's layers, so each image is encoded once and, with a feature
 directory, kept on disk by content. `text_features(prompts)` encodes prompts with the text tower, each
-prompt once per backbone object (cached in memory).
+prompt once per backbone object (cached in memory; in half precision on CUDA, as the image tower runs there).
 
 Names: `<architecture>` is an open_clip model name (`open_clip.list_models()`, e.g. ViT-B-16-plus-240) and
 `<pretrained>` either an open_clip pretrained tag of it (e.g. laion400m_e31, fetched from the Hugging Face hub
@@ -67,7 +67,7 @@ class ClipTowers(nn.Module):
         missing = [prompt for prompt in dict.fromkeys(prompts) if prompt not in self._text]
         if missing:
             device = next(self.clip.parameters()).device
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast("cuda", torch.float16, enabled=device.type == "cuda"):
                 encoded = self.clip.encode_text(self.tokenizer(missing).to(device)).float()
             encoded = torch.nn.functional.normalize(encoded, dim=1).cpu().numpy()
             self._text.update(zip(missing, encoded))
