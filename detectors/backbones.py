@@ -16,6 +16,7 @@ module stays light.
 import importlib
 import importlib.util
 import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -330,8 +331,15 @@ def _timm(name: str, weights: str) -> Backbone:
         if not Path(weights_file).is_file():
             raise FileNotFoundError(f"weights file for backbone {name!r} not found: {weights_file}")
         options["pretrained_cfg_overlay"] = dict(file=weights_file)
-    with _seeded_init():
-        model = timm.create_model(model_name, pretrained=pretrained, features_only=True, **options)
+    if not timm.is_model(model_name):
+        raise ValueError(f"unknown timm model {model_name!r} in backbone {name!r}; see timm.list_models()")
+    try:
+        with _seeded_init():
+            model = timm.create_model(model_name, pretrained=pretrained, features_only=True, **options)
+    except (RuntimeError, OSError) as error:  # weights not fetched (offline, unknown tag), or no feature levels
+        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") else ""
+        raise ValueError(f"cannot build backbone {name!r}{offline}: {str(error).splitlines()[0] if str(error) else error!r}; "
+                         f"a local weights file works offline: timm:{model_name}@/path/to/weights.safetensors") from None
     config = timm.data.resolve_data_config(model=model)
     early, mid = _timm_levels(model.feature_info.reduction())
     return Backbone(name=name, weights=weights, network=_TimmLevels(model, early, mid),

@@ -19,6 +19,33 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def integer_option(minimum: int):
+    """An argparse type: an integer of at least `minimum` (argparse names the option in its error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
+def fraction_option(low_open: bool, high_open: bool):
+    """An argparse type: a number in [0, 1], each end excluded where open."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (0 < value if low_open else 0 <= value) or not (value < 1 if high_open else value <= 1):
+            raise argparse.ArgumentTypeError(f"must lie in {'(' if low_open else '['}0, 1{')' if high_open else ']'}, "
+                                             f"got {value}")
+        return value
+    return parse
+
+
 def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     """The options a selection and a search share: the task, its synthetic evidence, the backbones and MLflow."""
     parser.add_argument("--task", default=None,
@@ -30,14 +57,14 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default {','.join(SelectionConfig.generators)})")
     parser.add_argument("--diffusion-model", help="DiffStyle's unconditional diffusers UNet2DModel: a hub id or a "
                                                   f"local directory (default {DIFFSTYLE_MODEL})")
-    parser.add_argument("--diffusion-steps", type=int, default=50, help="DiffStyle's DDIM steps (default 50)")
+    parser.add_argument("--diffusion-steps", type=integer_option(1), default=50, help="DiffStyle's DDIM steps (default 50)")
     parser.add_argument("--sd-model", help="CUT's Stable Diffusion 1.x: a hub id or a local directory with the diffusers "
                                            f"layout (default {CUT_MODEL})")
     parser.add_argument("--anomaly", dest="anomalies", type=_csv, default=("damaged",),
                         help="CUT's anomaly words or phrases, comma-separated, used in turn (default damaged)")
     parser.add_argument("--object-name", help="what CUT's and CLIP's prompts call the object (default: from the "
                                               "task's name, cleaned: pcb1 -> printed circuit board)")
-    parser.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE,
+    parser.add_argument("--confidence", type=fraction_option(False, False), default=DEFAULT_CONFIDENCE,
                         help="probability the synthetic winner needs to overrule the prior, and a new model version "
                              "to displace the registered champion: calibrated on the quality benchmark where it was "
                              "measured for these generators, else the bootstrap's "
@@ -54,13 +81,13 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated CLIP models for the clip detectors: clip:<open_clip architecture>@<tag "
                              "or local checkpoint file>, clip:hf-hub:<org>/<repo> or clip:local-dir:<folder> "
                              f"(default {','.join(SelectionConfig.clip_models)}, fetched from the hub on first use)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-seed", type=int, default=20, help="seed images for the generators (default 20)")
-    parser.add_argument("--n-anomalies", type=int, default=100, help="synthetic anomalies per generator (default 100)")
-    parser.add_argument("--heldout-fraction", type=float, default=0.2,
+    parser.add_argument("--seed", type=integer_option(0), default=0)
+    parser.add_argument("--n-seed", type=integer_option(1), default=20, help="seed images for the generators (default 20)")
+    parser.add_argument("--n-anomalies", type=integer_option(1), default=100, help="synthetic anomalies per generator (default 100)")
+    parser.add_argument("--heldout-fraction", type=fraction_option(True, True), default=0.2,
                         help="fraction of the support set held out as validation normals (default 0.2)")
-    parser.add_argument("--max-support", type=int, help="subsample the support set to at most this many images")
-    parser.add_argument("--max-validation", type=int, help="subsample the real validation set (stratified)")
+    parser.add_argument("--max-support", type=integer_option(1), help="subsample the support set to at most this many images")
+    parser.add_argument("--max-validation", type=integer_option(2), help="subsample the real validation set (stratified)")
     parser.add_argument("--tracking-uri", help=f"MLflow tracking URI (default {DEFAULT_TRACKING_URI})")
     parser.add_argument("--experiment", default="anomaly-selection", help="MLflow experiment name")
     parser.add_argument("--model-name", help="registered model name (default anomaly-<task>)")
@@ -106,7 +133,7 @@ def parse_args(argv=None) -> SelectionConfig:
     parser.add_argument("--detectors", type=_csv, default=SelectionConfig.detectors,
                         help=f"comma-separated detector kinds whose default candidates are ranked, from: "
                              f"{', '.join(list_kinds())} (default {','.join(SelectionConfig.detectors)})")
-    parser.add_argument("--k", type=int, default=3, help="neighbours in deep kNN (default 3)")
+    parser.add_argument("--k", type=integer_option(1), default=3, help="neighbours in deep kNN (default 3)")
     parser.add_argument("--no-controls", dest="controls", action="store_false",
                         help="skip the negative controls (random-weight backbones, raw-pixel kNN)")
     parser.add_argument("--ensemble", choices=ENSEMBLES, default=SelectionConfig.ensemble,

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from selection.config import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, SearchConfig
-from selection.run import add_selection_arguments, selection_config
+from selection.run import add_selection_arguments, integer_option, selection_config
 from selection.search_space import list_search_spaces
 
 
@@ -17,14 +17,14 @@ def parse_args(argv=None) -> SearchConfig:
     )
     add_selection_arguments(parser)
     parser.add_argument("--space", default="knn", choices=list_search_spaces(), help="search space (default knn)")
-    parser.add_argument("--trials", type=int, default=50,
+    parser.add_argument("--trials", type=integer_option(1), default=50,
                         help="completed trials the study should have in total, over all workers and resumptions "
                              "(default 50)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    parser.add_argument("--workers", type=integer_option(1), default=1, help="worker processes on this machine (default 1)")
     parser.add_argument("--storage", help=f"Optuna storage URL, e.g. postgresql://user:pass@host/db "
                                           f"(default {DEFAULT_STORAGE})")
     parser.add_argument("--study-name", help="default: <task>/<space>/<synthetic set digest>")
-    parser.add_argument("--heartbeat-seconds", type=int, default=10,
+    parser.add_argument("--heartbeat-seconds", type=integer_option(1), default=10,
                         help="trial heartbeat; a trial silent for 3x this long is marked failed (default 10)")
     args = vars(parser.parse_args(argv))
     return SearchConfig(selection=selection_config(args), space=args["space"], n_trials=args["trials"],

@@ -160,3 +160,12 @@ def test_pixel_controls_flatten_the_resized_image():
     assert backbone.layers == ("raw",) and backbone.n_params == 0
     assert maps["raw"].shape == (2, 3 * 32 * 32, 1, 1)
     torch.testing.assert_close(maps["raw"][:, :, 0, 0], batch.flatten(1))
+
+
+def test_an_unknown_or_unfetchable_timm_model_is_a_short_error(monkeypatch):
+    with pytest.raises(ValueError, match=r"unknown timm model 'not_a_model' in backbone 'timm:not_a_model'"):
+        create_backbone("timm:not_a_model", "imagenet")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match=r"cannot build backbone 'timm:resnet18' \(HF_HUB_OFFLINE is set\).*"
+                                         r"timm:resnet18@/path/to/weights.safetensors"):
+        create_backbone("timm:resnet18", "imagenet")

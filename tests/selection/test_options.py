@@ -1,0 +1,27 @@
+"""Option values are checked where the command line is parsed: a usage error naming the option, before any
+work."""
+
+import re
+
+import pytest
+
+
+@pytest.mark.parametrize("command, option, message", [
+    ("run", "--seed=-1", "argument --seed: must be at least 0, got -1"),
+    ("run", "--seed=x", "argument --seed: expected an integer, got 'x'"),
+    ("run", "--k=0", "argument --k: must be at least 1, got 0"),
+    ("run", "--n-anomalies=0", "argument --n-anomalies: must be at least 1, got 0"),
+    ("run", "--n-seed=0", "argument --n-seed: must be at least 1, got 0"),
+    ("run", "--max-validation=1", "argument --max-validation: must be at least 2, got 1"),
+    ("run", "--heldout-fraction=1", r"argument --heldout-fraction: must lie in \(0, 1\), got 1.0"),
+    ("run", "--confidence=1.5", r"argument --confidence: must lie in \[0, 1\], got 1.5"),
+    ("search", "--trials=0", "argument --trials: must be at least 1, got 0"),
+    ("search", "--workers=0", "argument --workers: must be at least 1, got 0"),
+])
+def test_a_bad_option_value_is_a_usage_error_naming_the_option(command, option, message, capsys):
+    from selection import run, search
+
+    with pytest.raises(SystemExit) as exit_:
+        {"run": run.parse_args, "search": search.parse_args}[command]([option])
+    assert exit_.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
