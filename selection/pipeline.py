@@ -44,6 +44,7 @@ def run_selection(config: SelectionConfig) -> SelectionResult:
     by_name = {c.name: c for c in candidates + ([ensemble] if ensemble else [])}
     if config.prior is not None and config.prior not in by_name:
         raise ValueError(f"the prior {config.prior!r} is not a candidate; candidates: {', '.join(sorted(by_name))}")
+    tracking.configure(config.tracking_uri, config.experiment)  # an unreachable store fails here, in seconds
     evidence = gather_evidence(config)
 
     scored = {candidate.name: score_candidate(candidate, evidence, features)
@@ -116,7 +117,6 @@ def _compare(leaderboard: pd.DataFrame, validation_sets, baseline: Candidate | N
 
 def _record(config: SelectionConfig, result: SelectionResult, by_name: dict[str, Candidate], picked_detector) -> None:
     """Write everything to MLflow only once all scoring succeeded, so a failure records nothing partial."""
-    tracking.configure(config.tracking_uri, config.experiment)
     params = {k: v for k, v in asdict(config).items() if k not in ("tracking_uri", "store", "feature_dir")}
     params = {k: ",".join(v) if isinstance(v, tuple) else v for k, v in params.items()}
     with tracking.parent_run(result.task.name, "selection", params, result.validation_sets) as run:

@@ -60,8 +60,8 @@ def run_search(config: SearchConfig) -> SearchResult:
     space = get_search_space(config.space)
     features = FeatureCache(device=selection.device, directory=selection.feature_dir)
     check_candidates(default_candidates(replace(selection.candidate_pool(), controls=False), (config.space,)), features)
+    tracking.configure(selection.tracking_uri, selection.experiment)  # an unreachable store fails in seconds
     evidence = gather_evidence(selection)
-    tracking.configure(selection.tracking_uri, selection.experiment)
     study, run_id = _open_study(config, evidence)
     completed_before = _count(study, TrialState.COMPLETE)
 

@@ -2,12 +2,14 @@
 synthetic validation sets as MLflow datasets, and the leaderboard. The only module that logs runs."""
 
 import json
+import os
 import tempfile
 import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 import pandas as pd
@@ -21,13 +23,48 @@ from selection.validation_set import ValidationSet
 
 
 def configure(tracking_uri: str | None, experiment: str) -> str:
-    """Point MLflow at the store; the local default keeps database and artifacts under ./mlruns."""
+    """Point MLflow at the store and its experiment (created if absent); the local default keeps database and
+    artifacts under ./mlruns. A store that does not answer at once is a ValueError: called before any
+    expensive work, so an unreachable server fails in seconds, not after the forward passes."""
     uri = tracking_uri or DEFAULT_TRACKING_URI
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment)
+    try:
+        with _one_try():
+            mlflow.set_experiment(experiment)
+    except Exception as error:  # whatever the store's client raises: connection, authentication, database
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        password = urlsplit(uri).password
+        if password:
+            message = message.replace(password, "***")
+        raise ValueError(f"cannot use the MLflow store {without_password(uri)}: {message}") from None
     return uri
+
+
+@contextmanager
+def _one_try():
+    """MLflow's HTTP requests without retries and with a 10 s timeout, inside the block."""
+    settings = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    before = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def without_password(uri: str) -> str:
+    """`uri` with any password replaced by ***, for messages, tags and logs."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def as_mlflow_dataset(validation_set: ValidationSet, task: str):

@@ -25,3 +25,14 @@ def test_a_bad_option_value_is_a_usage_error_naming_the_option(command, option, 
         {"run": run.parse_args, "search": search.parse_args}[command]([option])
     assert exit_.value.code == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_an_unreachable_tracking_server_fails_before_any_work_without_showing_its_password(tmp_path, capsys):
+    from selection.run import main
+
+    store = tmp_path / "synthetic"
+    code = main(["--task", "folder:/nowhere-needed", "--tracking-uri", "http://user:secret@127.0.0.1:9/",
+                 "--store", str(store), "--backbones", "mobilenet_v2", "--detectors", "knn"])
+    error = capsys.readouterr().err
+    assert code == 2 and "cannot use the MLflow store http://user:***@127.0.0.1:9/" in error
+    assert "secret" not in error and not store.exists()
