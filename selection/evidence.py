@@ -49,6 +49,13 @@ def gather_evidence(config) -> Evidence:
     validation set per generator. `config` is a SelectionConfig."""
     task = load_task(config.task, config.data_root).subsample(config.max_support, config.max_validation, config.seed)
     support = _load_images(task.support, "support images")
+    real = None
+    if task.validation:  # read and checked before any set is generated: a bad one fails in seconds
+        real_labels = np.array([item.label for item in task.validation])
+        require_two_classes(real_labels, f"real validation set of {task.name}")
+        real_images = _load_images([item.path for item in task.validation], "real validation images")
+        real = real_images, real_labels, pixel_truth(real_images, real_labels,
+                                                     [item.mask_path for item in task.validation])
     split = split_support(len(support), config.n_seed, config.heldout_fraction, config.seed)
     validation_sets = [
         build_validation_set(
@@ -67,11 +74,7 @@ def gather_evidence(config) -> Evidence:
     evidence.synthetic_masks = {vs.generator: pixel_truth(evidence.synthetic_images[vs.generator], vs.labels,
                                                           vs.mask_paths) for vs in validation_sets}
     if task.validation:
-        evidence.real_images = _load_images([item.path for item in task.validation], "real validation images")
-        evidence.real_labels = np.array([item.label for item in task.validation])
-        require_two_classes(evidence.real_labels, f"real validation set of {task.name}")
-        evidence.real_masks = pixel_truth(evidence.real_images, evidence.real_labels,
-                                          [item.mask_path for item in task.validation])
+        evidence.real_images, evidence.real_labels, evidence.real_masks = real
     return evidence
 
 

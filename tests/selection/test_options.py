@@ -36,3 +36,21 @@ def test_an_unreachable_tracking_server_fails_before_any_work_without_showing_it
     error = capsys.readouterr().err
     assert code == 2 and "cannot use the MLflow store http://user:***@127.0.0.1:9/" in error
     assert "secret" not in error and not store.exists()
+
+
+def test_a_validation_set_with_one_class_is_refused_before_any_set_is_generated(tmp_path, tracking_uri, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from selection.run import main
+
+    rng = np.random.default_rng(0)
+    for folder, n in (("train/good", 30), ("test/good", 5)):
+        (tmp_path / "task" / folder).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "task" / folder / f"{i}.png")
+    store = tmp_path / "synthetic"
+    code = main(["--task", f"folder:{tmp_path / 'task'}", "--tracking-uri", tracking_uri, "--store", str(store),
+                 "--backbones", "mobilenet_v2", "--detectors", "knn"])
+    assert code == 2 and "real validation set of folder:" in capsys.readouterr().err
+    assert not store.exists()
