@@ -29,7 +29,7 @@ from sklearn.exceptions import NotFittedError
 from detectors.backbones import backbone_weights
 from detectors.banked import load_banked, save_banked
 from detectors.clip_backbone import CLIP_PREFIX
-from detectors.features import FeatureCache
+from detectors.features import FeatureCache, ScoresThroughFeatures
 from detectors.interface import register_format
 from detectors.maps import anomaly_maps
 from detectors.patchcore import nearest_neighbours
@@ -40,7 +40,7 @@ LOGIT_SCALE = 100.0  # CLIP's learned temperature, as SWSA and WinCLIP apply it
 IMAGE_BATCH = 32
 
 
-class ClipDetector:
+class ClipDetector(ScoresThroughFeatures):
     """Zero- or few-shot CLIP detector (see the module docstring). `features` is an optional shared
     FeatureCache, not a hyper-parameter."""
 
@@ -123,23 +123,12 @@ class ClipDetector:
             scores = (1 - self.visual_weight) * scores + self.visual_weight * np.concatenate(visual_scores)
         return scores, (np.concatenate(all_maps) if maps else None)
 
-    def _input_size(self) -> int:
-        return self._cache().backbone(self.backbone, self.weights).input_size
-
-    def _cache(self) -> FeatureCache:
-        if self.features is not None:
-            return self.features
-        if not hasattr(self, "_own_features"):
-            self._own_features = FeatureCache()
-        return self._own_features
-
     def _patch_grids(self, images: list[np.ndarray]) -> np.ndarray:
         """(N, h, w, D) float32 unit-length patch tokens of `images`."""
         cache = self._cache()
         grids = [cache.feature_maps(self.backbone, self.weights, ["patch"], images[start:start + IMAGE_BATCH])["patch"]
                  for start in range(0, len(images), IMAGE_BATCH)]
-        if self.features is None:
-            cache.clear()  # unshared, it would only grow with every image ever scored
+        self._forget_unshared()
         tokens = torch.from_numpy(np.concatenate(grids)).permute(0, 2, 3, 1)
         return _unit(tokens).contiguous().numpy()
 

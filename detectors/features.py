@@ -267,3 +267,28 @@ def _preprocess(model: Backbone, images: list[np.ndarray]) -> torch.Tensor:
     mean = torch.tensor(model.mean).view(1, 3, 1, 1)
     std = torch.tensor(model.std).view(1, 3, 1, 1)
     return (batch - mean) / std
+
+
+class ScoresThroughFeatures:
+    """For detectors that compute features through a FeatureCache: their `features` if shared (not a
+    hyper-parameter), else a private one that forgets each call's features, which would otherwise only grow
+    with every image ever scored. The detector sets `features`, `backbone` and `weights`."""
+
+    features: "FeatureCache | None"
+    backbone: str
+    weights: str
+
+    def _cache(self) -> FeatureCache:
+        if self.features is not None:
+            return self.features
+        if not hasattr(self, "_own_features"):
+            self._own_features = FeatureCache()
+        return self._own_features
+
+    def _forget_unshared(self) -> None:
+        if self.features is None:
+            self._cache().clear()
+
+    def _input_size(self) -> int:
+        return self._cache().backbone(self.backbone, self.weights).input_size
+

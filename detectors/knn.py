@@ -7,7 +7,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.neighbors import NearestNeighbors
 
 from detectors.banked import load_banked, save_banked
-from detectors.features import FeatureCache
+from detectors.features import FeatureCache, ScoresThroughFeatures
 from detectors.interface import register_format
 
 _FORMAT = "deep_knn/1"
@@ -42,7 +42,7 @@ def _check_k(k, bank_size: int) -> None:
         raise ValueError(f"k={k} nearest neighbours need at least {k} normal images in the bank, got {bank_size}")
 
 
-class DeepKNN:
+class DeepKNN(ScoresThroughFeatures):
     """Deep kNN anomaly detector on frozen backbone features.
 
     `features` is an optional shared FeatureCache (like the `memory` of a scikit-learn Pipeline): detectors
@@ -87,13 +87,8 @@ class DeepKNN:
         return scores_from_features(self.bank_, self._pooled_features(images), self.k)
 
     def _pooled_features(self, images) -> np.ndarray:
-        if self.features is not None:
-            vectors = self.features.features(self.backbone, self.weights, self.layer, self.pooling, images)
-        else:
-            if not hasattr(self, "_own_features"):
-                self._own_features = FeatureCache()
-            vectors = self._own_features.features(self.backbone, self.weights, self.layer, self.pooling, images)
-            self._own_features.clear()  # unshared, it would only grow with every image ever scored
+        vectors = self._cache().features(self.backbone, self.weights, self.layer, self.pooling, images)
+        self._forget_unshared()
         return normalize_features(vectors, self.normalize)
 
     def save(self, directory) -> None:

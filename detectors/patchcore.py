@@ -74,7 +74,7 @@ from sklearn.exceptions import NotFittedError
 
 from detectors.backbones import backbone_layers, backbone_weights
 from detectors.banked import load_banked, save_banked
-from detectors.features import FeatureCache
+from detectors.features import FeatureCache, ScoresThroughFeatures
 from detectors.interface import register_format
 from detectors.maps import anomaly_maps
 
@@ -93,7 +93,7 @@ ENGINE_NOTE = (
 )
 
 
-class PatchCore:
+class PatchCore(ScoresThroughFeatures):
     """PatchCore anomaly detector with anomaly maps (see the module docstring for the method and defaults).
 
     `features` is an optional shared FeatureCache (as for DeepKNN): detectors that share it compute each
@@ -183,16 +183,6 @@ class PatchCore:
                 all_maps.append(anomaly_maps(patch_scores.reshape(n, h, w), size, batch[0].shape[:2]))
         return np.concatenate(scores), (np.concatenate(all_maps) if maps else None)
 
-    def _input_size(self) -> int:
-        return self._cache().backbone(self.backbone, self.weights).input_size
-
-    def _cache(self) -> FeatureCache:
-        if self.features is not None:
-            return self.features
-        if not hasattr(self, "_own_features"):
-            self._own_features = FeatureCache()
-        return self._own_features
-
     def _patch_grids(self, images: list[np.ndarray]) -> np.ndarray:
         """(N, h, w, D) float32 patch features of `images`, computed IMAGE_BATCH images at a time."""
         cache = self._cache()
@@ -200,8 +190,7 @@ class PatchCore:
         for start in range(0, len(images), IMAGE_BATCH):
             maps = cache.feature_maps(self.backbone, self.weights, self.layers, images[start:start + IMAGE_BATCH])
             grids.append(patch_features([maps[layer] for layer in self.layers], self.neighbourhood, self.dim))
-        if self.features is None:
-            cache.clear()  # unshared, it would only grow with every image ever scored
+        self._forget_unshared()
         return np.concatenate(grids)
 
     def save(self, directory) -> None:

@@ -12,7 +12,6 @@ import os
 import socket
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from compat.progress import progress
 from detectors import FeatureCache
 from selection import registry, tracking
 from selection.candidates import Candidate, default_candidates, largest_pretrained
+from selection.environment import temporary_environment
 from selection.evidence import Evidence, check_candidates, evidence_digest, gather_evidence, score_candidate
 from selection.config import SearchConfig, SelectionConfig
 from selection.confidence import Decision, decide
@@ -248,7 +248,7 @@ def _run_worker_processes(config: SearchConfig, study: optuna.Study, run_id: str
     # A spawned worker reads these as it imports: only the launcher shows progress, and each worker's numpy,
     # scikit-learn and torch thread pools get its share of the cores instead of all of them each.
     thread_limits = {name: str(threads) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-    with _environment(TQDM_DISABLE="1", **thread_limits):
+    with temporary_environment(TQDM_DISABLE="1", **thread_limits):
         for process in processes:
             process.start()
     with progress(total=config.n_trials, initial=completed_before, desc=f"trials ({config.workers} workers)") as bar:
@@ -271,20 +271,6 @@ def _worker_main(job: _WorkerJob) -> None:
                               storage=open_storage(job.config.storage_url, job.config.heartbeat_seconds))
     work(study, TrialObjective(job.config, evidence, features, job.run_id), job.config.n_trials,
          job.config.heartbeat_seconds)
-
-
-@contextmanager
-def _environment(**variables: str):
-    saved = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name)
-            else:
-                os.environ[name] = value
 
 
 def _count(study: optuna.Study, state: TrialState) -> int:

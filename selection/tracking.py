@@ -2,7 +2,6 @@
 synthetic validation sets as MLflow datasets, and the leaderboard. The only module that logs runs."""
 
 import json
-import os
 import tempfile
 import time
 import warnings
@@ -18,6 +17,7 @@ from mlflow.entities import Metric, Param
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 
 from selection.config import DEFAULT_TRACKING_URI
+from selection.environment import temporary_environment
 from selection.report import Report
 from selection.validation_set import ValidationSet
 
@@ -31,7 +31,7 @@ def configure(tracking_uri: str | None, experiment: str) -> str:
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     try:
-        with _one_try():
+        with temporary_environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10"):
             mlflow.set_experiment(experiment)
     except Exception as error:  # whatever the store's client raises: connection, authentication, database
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -40,22 +40,6 @@ def configure(tracking_uri: str | None, experiment: str) -> str:
             message = message.replace(password, "***")
         raise ValueError(f"cannot use the MLflow store {without_password(uri)}: {message}") from None
     return uri
-
-
-@contextmanager
-def _one_try():
-    """MLflow's HTTP requests without retries and with a 10 s timeout, inside the block."""
-    settings = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-    before = {name: os.environ.get(name) for name in settings}
-    os.environ.update(settings)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def without_password(uri: str) -> str:
