@@ -12,7 +12,6 @@ from detectors import Detector, FeatureCache, Localiser, ScoreEnsemble, load_rgb
 from detectors.images import load_mask
 from selection.candidates import Candidate, EnsembleCandidate, backbone_parameters
 from selection.localisation import aupro, binarise_masks, pixel_auroc
-from selection.prompts import object_name
 from selection.scoring import auroc, require_two_classes
 from selection.split import split_support
 from selection.tasks import Task, load_task
@@ -63,7 +62,7 @@ def gather_evidence(config) -> Evidence:
             seed_images=[support[i] for i in split.seed],
             seed_paths=[task.support[i] for i in split.seed],
             heldout_paths=[task.support[i] for i in split.heldout],
-            n_anomalies=config.n_anomalies, seed=config.seed, generator_params=_generator_params(config, task, generator),
+            n_anomalies=config.n_anomalies, seed=config.seed, generator_params=_generator_params(config, generator),
         )
         for generator in progress(config.generators, desc="synthetic validation sets")
     ]
@@ -95,7 +94,7 @@ def pixel_truth(images: list[np.ndarray], labels, mask_paths) -> np.ndarray | No
     return truth
 
 
-def _generator_params(config, task: Task, generator: str) -> dict:
+def _generator_params(config, generator: str) -> dict:
     """What the configuration says about one generator; anything it leaves out keeps the generator's default."""
     store = Path(config.store)
     if generator == "diffstyle":
@@ -103,7 +102,7 @@ def _generator_params(config, task: Task, generator: str) -> dict:
         if config.diffusion_model:
             params["model"] = config.diffusion_model
     elif generator == "cut":
-        params = {"anomalies": list(config.anomalies), "object_name": config.object_name or object_name(task.name),
+        params = {"anomalies": list(config.anomalies), "object_name": config.prompt_object,
                   "device": config.device}
         if config.sd_model:
             params["model"] = config.sd_model
