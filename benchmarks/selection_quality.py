@@ -1,6 +1,7 @@
 """How good the selection is, against real labels, over tasks and seeds: the SWSA protocol through the
-product's own `run_selection` with its defaults (CutPaste, Perlin and NSA sets; deep kNN k = 3 over the
-offline backbones with ImageNet and random weights, last and mid layers, two pixel baselines; the score
+product's own `run_selection` with its defaults (CutPaste, Perlin and NSA sets; the default candidate pool:
+deep kNN k = 3 over the offline backbones with ImageNet and random weights, last and mid layers, two pixel
+baselines, and PatchCore's standard configuration on each backbone with one random-weight control; the score
 ensemble of the pretrained last layers, weighted by backbone size; the calibrated confidence rule).
 
 Per task (mean ± std over seeds; each seed draws its own split and anomalies) and overall: Kendall tau of
@@ -497,9 +498,30 @@ Several draws of one family (a larger `--n-anomalies`, pooled) were measured on 
 did not help, so the default stays at one draw per family. That experiment is recorded in
 [benchmarks.md]({_link(REPO / 'docs' / 'benchmarks.md', page_path)}#several-draws-of-one-family).
 
-Not measured: pixel-level evidence from the exact masks (deep kNN over pooled features produces no anomaly
-maps).""")
+{_pixel_text(runs)}""")
+    families = out_dir / "patchcore-vs-knn.md"
+    if families.is_file():
+        record = "\n".join(line for line in families.read_text().strip().splitlines() if not line.startswith("<!--"))
+        out.append(f"""## Across detector families
+
+From [patchcore-vs-knn.md]({link('patchcore-vs-knn.md')}), which `benchmarks/patchcore_vs_knn.py` writes from
+the runs' leaderboards:
+
+{record.strip()}""")
     return "\n\n".join(_reflow(paragraph) for block in out for paragraph in block.split("\n\n")) + "\n"
+
+
+def _pixel_text(runs: pd.DataFrame) -> str:
+    """What the runs say of pixel-level evidence: tau of synthetic against real P-AUROC and AUPRO."""
+    columns = [c for c in ("tau_pixel_auroc", "tau_aupro") if c in runs]
+    measured = runs.dropna(subset=columns, how="all") if columns else runs.iloc[:0]
+    if measured.empty:
+        return ("Not measured: pixel-level evidence from the exact masks (no run had both candidates with anomaly "
+                "maps and a task with real masks).")
+    tasks = ", ".join(sorted(measured["task"].unique()))
+    return (f"Pixel-level evidence, over the candidates with anomaly maps on the tasks with real masks ({tasks}; "
+            f"{len(measured)} run{'s' if len(measured) != 1 else ''}): Kendall tau of synthetic against real P-AUROC "
+            f"{_num(measured['tau_pixel_auroc'].mean(), 2)}, of AUPRO {_num(measured['tau_aupro'].mean(), 2)}.")
 
 
 def _reflow(paragraph: str) -> str:
