@@ -27,7 +27,7 @@ class SelectionConfig:
     ensemble: str = "last"  # which candidates also join a score ensemble, ranked as one more candidate
     prior: str | None = None  # kept without strong evidence (default: the ensemble, else the largest pretrained)
     confidence: float = DEFAULT_CONFIDENCE  # (calibrated) probability the winner needs to overrule the prior
-    detectors: tuple[str, ...] = ("knn",)  # the detector kinds whose default candidates are ranked
+    detectors: tuple[str, ...] = ("knn", "patchcore")  # the detector kinds whose default candidates are ranked
     backbones: tuple[str, ...] = OFFLINE_BACKBONES
     layers: tuple[str, ...] = LAYERS
     clip_models: tuple[str, ...] = (DEFAULT_CLIP_MODEL,)

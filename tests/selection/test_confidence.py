@@ -118,4 +118,7 @@ def test_a_calibration_measured_on_the_knn_pool_does_not_apply_to_another_pool()
     config = replace(SelectionConfig(), detectors=("knn", "patchcore"))
     kind = prior_kind(config, ensemble_candidate(config.ensemble, config.candidates()))
     assert kind == "ensemble/last among knn+patchcore"
-    assert load_calibration(config.generators, kind) is None
+    knn_only = replace(config, detectors=("knn",))
+    assert prior_kind(knn_only, ensemble_candidate(knn_only.ensemble, knn_only.candidates())) == "ensemble/last"
+    assert load_calibration(config.generators, kind) != load_calibration(config.generators, "ensemble/last")
+    assert load_calibration(config.generators, "ensemble/last among knn+clip") is None  # never measured

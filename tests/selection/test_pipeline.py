@@ -20,8 +20,10 @@ from selection.run import main
 
 @pytest.fixture
 def bottle_config(mvtec_root, tracking_uri, tmp_path):
+    # deep kNN alone and no ensemble: these tests are about the pipeline; the default pool and prior have theirs
     return SelectionConfig(task="mvtec/bottle", data_root=str(mvtec_root), backbones=("mobilenet_v2",),
-                           generators=("cutpaste",), n_anomalies=40, tracking_uri=tracking_uri,
+                           detectors=("knn",), ensemble="none", generators=("cutpaste",), n_anomalies=40,
+                           tracking_uri=tracking_uri,
                            store=str(tmp_path / "synthetic"), experiment="e2e")
 
 
@@ -216,8 +218,9 @@ PATCHCORE = "patchcore/mobilenet_v2/imagenet/early+mid/c0.1/p3/k1"
 
 
 @pytest.mark.slow
-def test_patchcore_beside_knn_gets_pixel_metrics_and_its_registered_pick_returns_maps(bottle_config):
-    config = replace(bottle_config, detectors=("knn", "patchcore"), controls=False, ensemble="none",
+def test_the_default_pool_ranks_patchcore_beside_knn_with_pixel_metrics_and_a_patchcore_pick_maps(bottle_config):
+    assert SelectionConfig().detectors == ("knn", "patchcore")
+    config = replace(bottle_config, detectors=SelectionConfig.detectors, controls=False, ensemble="none",
                      max_support=60, max_validation=40, prior=PATCHCORE, confidence=1.0)
     result = run_selection(config)
     board = result.leaderboard.set_index("candidate")
