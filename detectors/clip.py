@@ -31,7 +31,7 @@ from detectors.banked import load_banked, save_banked
 from detectors.clip_backbone import CLIP_PREFIX
 from detectors.features import FeatureCache, ScoresThroughFeatures
 from detectors.interface import register_format
-from detectors.maps import anomaly_maps
+from detectors.maps import anomaly_maps, check_one_size
 from detectors.patchcore import nearest_neighbours
 
 _FORMAT = "clip/1"
@@ -95,9 +95,8 @@ class ClipDetector(ScoresThroughFeatures):
         if not hasattr(self, "text_"):
             raise NotFittedError("this ClipDetector is not fitted yet: call fit(normal_images) first")
         images = list(images)
-        if maps and len({image.shape[:2] for image in images}) > 1:
-            raise ValueError("anomaly maps need images of one size, got "
-                             f"{', '.join(map(str, sorted({image.shape[:2] for image in images})))}")
+        if maps:
+            check_one_size(images)
         if maps or self.few_shot:  # one forward pass gives the embedding and the patch tokens
             self._cache().keep_maps(self.backbone, self.weights, ["patch"])
         text = torch.from_numpy(self.text_)

@@ -22,3 +22,10 @@ def anomaly_maps(patch_scores: torch.Tensor, input_size: int, image_size: tuple[
     maps = F.interpolate(torch.from_numpy(smoothed)[:, None], size=tuple(image_size), mode="bilinear",
                          align_corners=False)
     return np.ascontiguousarray(maps[:, 0].numpy(), dtype=np.float32)
+
+
+def check_one_size(images: list[np.ndarray]) -> None:
+    """Maps of several images come out as one (N, H, W) array: refuse images of different sizes."""
+    sizes = sorted({tuple(np.shape(image)[:2]) for image in images})
+    if len(sizes) > 1:
+        raise ValueError(f"anomaly maps need images of one size, got sizes {', '.join(map(str, sizes))}")

@@ -76,7 +76,7 @@ from detectors.backbones import backbone_layers, backbone_weights
 from detectors.banked import load_banked, save_banked
 from detectors.features import FeatureCache, ScoresThroughFeatures
 from detectors.interface import register_format
-from detectors.maps import anomaly_maps
+from detectors.maps import anomaly_maps, check_one_size
 
 _FORMAT = "patchcore/1"
 PROJECTION_DIM = 128
@@ -159,7 +159,7 @@ class PatchCore(ScoresThroughFeatures):
             raise NotFittedError("this PatchCore is not fitted yet: call fit(normal_images) first")
         images = list(images)
         if maps:
-            _check_one_size(images)
+            check_one_size(images)
         bank = torch.from_numpy(self.bank_)
         bank_norms = _squared_norms(bank)
         scores, all_maps = [], []
@@ -247,12 +247,6 @@ def _check_params(backbone, weights, layers, coreset_ratio, neighbourhood, k, di
 
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _check_one_size(images: list[np.ndarray]) -> None:
-    sizes = sorted({tuple(np.shape(image)[:2]) for image in images})
-    if len(sizes) > 1:
-        raise ValueError(f"anomaly maps need images of one size, got sizes {', '.join(map(str, sizes))}")
 
 
 def patch_features(maps: list[np.ndarray], neighbourhood: int, dim: int | None) -> np.ndarray:
