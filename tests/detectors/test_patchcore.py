@@ -129,7 +129,8 @@ def test_cached_coreset_is_kept_by_content_and_rebuilt_when_damaged(tmp_path, mo
         with pytest.warns(UserWarning, match="damaged coreset cache entry"):
             np.testing.assert_array_equal(cached_coreset(features, 40, 2, tmp_path), first)
         np.testing.assert_array_equal(np.load(entry), first)  # rewritten
-    assert cached_coreset(features, 40, 2, None) is not None and not (tmp_path / "None").exists()
+    np.testing.assert_array_equal(cached_coreset(features, 40, 2, None), first)  # no directory: chosen, not kept
+    assert not (tmp_path / "None").exists()
 
 
 def test_fit_reuses_the_coreset_a_feature_directory_keeps(tmp_path, monkeypatch):
