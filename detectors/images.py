@@ -37,6 +37,20 @@ def load_mask(path) -> np.ndarray:
         raise ImageReadError(f"cannot read mask {path}: {_reason(error)}") from error
 
 
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An (H, W, 3) uint8 image at `size` (H, W), bilinear; the image itself where it already has that size."""
+    if image.shape[:2] == tuple(size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An (H, W) float32 mask at `size` (H, W), nearest neighbour so that it stays as sharp as it was."""
+    if mask.shape == tuple(size):
+        return mask
+    return np.asarray(Image.fromarray(np.asarray(mask, dtype=np.float32)).resize((size[1], size[0]), Image.NEAREST), dtype=np.float32)
+
+
 def _to_rgb8(image: Image.Image) -> np.ndarray:
     if image.mode in _SIXTEEN_BIT_MODES:
         # PIL's own conversion clips 16-bit values at 255 instead of rescaling them

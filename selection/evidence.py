@@ -9,13 +9,14 @@ import numpy as np
 
 from compat.progress import progress
 from detectors import Detector, FeatureCache, Localiser, ScoreEnsemble, load_rgb
-from detectors.images import load_mask
+from detectors.images import load_mask, resize_mask
 from selection.candidates import Candidate, EnsembleCandidate, backbone_parameters
 from selection.localisation import aupro, binarise_masks, pixel_auroc
 from selection.scoring import auroc, require_two_classes
 from selection.split import split_support
 from selection.tasks import Task, load_task
 from selection.validation_set import ValidationSet, build_validation_set
+from selection.working_size import to_working_size, working_size
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Evidence:
     # pixel ground truth (N, H, W) bool, where every anomaly of the set has a mask and all its images one size
     synthetic_masks: dict[str, np.ndarray | None] = field(default_factory=dict)  # by generator
     real_masks: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)  # what the selection changed about the task's images
 
     @property
     def has_real_labels(self) -> bool:
@@ -48,13 +50,18 @@ def gather_evidence(config) -> Evidence:
     validation set per generator. `config` is a SelectionConfig."""
     task = load_task(config.task, config.data_root).subsample(config.max_support, config.max_validation, config.seed)
     support = _load_images(task.support, "support images")
+    size = working_size(support)
+    support, notes = to_working_size(support, size, "support images")
     real = None
     if task.validation:  # read and checked before any set is generated: a bad one fails in seconds
         real_labels = np.array([item.label for item in task.validation])
         require_two_classes(real_labels, f"real validation set of {task.name}")
-        real_images = _load_images([item.path for item in task.validation], "real validation images")
+        originals = _load_images([item.path for item in task.validation], "real validation images")
+        real_images, real_notes = to_working_size(originals, size, "real validation images")
+        notes += real_notes
         real = real_images, real_labels, pixel_truth(real_images, real_labels,
-                                                     [item.mask_path for item in task.validation])
+                                                     [item.mask_path for item in task.validation],
+                                                     [image.shape[:2] for image in originals])
     split = split_support(len(support), config.n_seed, config.heldout_fraction, config.seed)
     validation_sets = [
         build_validation_set(
@@ -63,13 +70,15 @@ def gather_evidence(config) -> Evidence:
             seed_paths=[task.support[i] for i in split.seed],
             heldout_paths=[task.support[i] for i in split.heldout],
             n_anomalies=config.n_anomalies, seed=config.seed, generator_params=_generator_params(config, generator),
+            size=size,
         )
         for generator in progress(config.generators, desc="synthetic validation sets")
     ]
     for validation_set in validation_sets:
         require_two_classes(validation_set.labels, f"synthetic set {validation_set.generator}")
     evidence = Evidence(task, [support[i] for i in split.bank], validation_sets,
-                        {vs.generator: [_read_only(image) for image in vs.load_images()] for vs in validation_sets})
+                        {vs.generator: [_read_only(image) for image in vs.load_images()] for vs in validation_sets},
+                        notes=notes)
     evidence.synthetic_masks = {vs.generator: pixel_truth(evidence.synthetic_images[vs.generator], vs.labels,
                                                           vs.mask_paths) for vs in validation_sets}
     if task.validation:
@@ -77,20 +86,23 @@ def gather_evidence(config) -> Evidence:
     return evidence
 
 
-def pixel_truth(images: list[np.ndarray], labels, mask_paths) -> np.ndarray | None:
+def pixel_truth(images: list[np.ndarray], labels, mask_paths,
+                source_sizes: list[tuple[int, int]] | None = None) -> np.ndarray | None:
     """(N, H, W) bool anomalous pixels of a labelled set (none for its normals), or None where an anomaly
-    has no mask or the images differ in size: pixel metrics are then not defined for the set."""
+    has no mask or the images differ in size: pixel metrics are then not defined for the set. Where the images
+    were brought to a working size, `source_sizes` are their sizes as read: each mask must have its image's,
+    and is resized with it."""
     shapes = {image.shape[:2] for image in images}
     if len(shapes) != 1 or any(label == 1 and not path for label, path in zip(labels, mask_paths)):
         return None
     truth = np.zeros((len(images), *shapes.pop()), dtype=bool)
     for index, (label, path) in enumerate(zip(labels, mask_paths)):
         if label == 1:
-            mask = load_mask(path)
-            if mask.shape != truth.shape[1:]:
+            mask, expected = load_mask(path), source_sizes[index] if source_sizes else truth.shape[1:]
+            if mask.shape != tuple(expected):
                 raise ValueError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} px, its image "
-                                 f"{truth.shape[2]}x{truth.shape[1]} px")
-            truth[index] = binarise_masks(mask)
+                                 f"{expected[1]}x{expected[0]} px")
+            truth[index] = binarise_masks(resize_mask(mask, truth.shape[1:]))
     return truth
 
 

@@ -59,7 +59,7 @@ def run_selection(config: SelectionConfig) -> SelectionResult:
                       {name: item.synthetic_scores for name, item in scored.items()}, config.confidence, config.seed,
                       load_calibration(config.generators, prior_kind(config, ensemble)))
     result = SelectionResult(evidence.task, leaderboard, by_name[decision.chosen], decision, evidence.validation_sets,
-                             features=features, warnings=control_warnings(leaderboard), scored=scored,
+                             features=features, warnings=evidence.notes + control_warnings(leaderboard), scored=scored,
                              real_labels=evidence.real_labels)
     if evidence.has_real_labels and len(candidates) > 1:
         result.comparisons = _compare(leaderboard, evidence.validation_sets, baseline)

@@ -12,7 +12,7 @@ import os
 import socket
 import time
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import optuna
@@ -51,6 +51,7 @@ class SearchResult:
     run_id: str
     promotion: registry.Promotion | None = None
     decision: Decision | None = None  # the best trial against the space's prior, where it was registered
+    notes: list[str] = field(default_factory=list)  # what the search changed about the task's images
 
 
 def run_search(config: SearchConfig) -> SearchResult:
@@ -82,7 +83,8 @@ def run_search(config: SearchConfig) -> SearchResult:
     best_candidate = space(optuna.trial.FixedTrial(best.params), bounds)
     result = SearchResult(study.study_name, trials, best_candidate, best.number,
                           _count(study, TrialState.COMPLETE) - completed_before,
-                          _compare(trials) if evidence.has_real_labels else None, failures, run_id)
+                          _compare(trials) if evidence.has_real_labels else None, failures, run_id,
+                          notes=evidence.notes)
     _record(config, result, evidence, features)
     return result
 
@@ -191,7 +193,7 @@ def search_report(result: SearchResult) -> Report:
                      f"regret {c.regret:.4f}")
     if result.decision:
         lines.append(f"registered: {result.decision.chosen} (prior {result.decision.prior}; {result.decision.reason})")
-    lines += [f"WARNING: {failure}" for failure in result.worker_failures]
+    lines += [f"WARNING: {warning}" for warning in result.notes + result.worker_failures]
     return Report(title, table, lines)
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 from PIL import Image
 
 from detectors import image_digest, load_rgb
+from detectors.images import resize_image
 from generation import create_generator
 
 MANIFEST = "manifest.csv"
@@ -70,10 +71,14 @@ def build_validation_set(
     n_anomalies: int,
     seed: int,
     generator_params: dict | None = None,
+    size: tuple[int, int] | None = None,
 ) -> ValidationSet:
-    """Return the stored set for this request, generating and storing it first if needed."""
+    """Return the stored set for this request, generating and storing it first if needed. With a working
+    `size` (H, W), held-out normals of another size are stored resized to it in the set; the others, as
+    always, are referenced where they are."""
     generator = create_generator(generator_name, **(generator_params or {}))
-    heldout = [load_rgb(path) for path in heldout_paths]
+    originals = [load_rgb(path) for path in heldout_paths]
+    heldout = [resize_image(image, size) if size else image for image in originals]
     digest = validation_digest(generator.digest(seed_images, n_anomalies, seed), heldout)
     store = Path(store).resolve()
     directory = store / digest
@@ -85,6 +90,7 @@ def build_validation_set(
     staging = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=store))
     try:
         rows = [_normal_row(path, generator_name, seed) for path in heldout_paths]
+        _store_resized_normals(staging, rows, originals, heldout, directory)
         rows += _write_anomalies(staging, synthetic, seed_paths, directory)
         manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
         manifest.to_csv(staging / MANIFEST, index=False)
@@ -107,6 +113,16 @@ def build_validation_set(
 def _normal_row(path: Path, generator_name: str, seed: int) -> dict:
     return {"path": str(Path(path).resolve()), "label": 0, "mask_path": "", "generator": generator_name,
             "source_image": str(Path(path).resolve()), "seed": seed, "parameters": "{}"}
+
+
+def _store_resized_normals(staging: Path, rows: list[dict], originals, heldout, final_directory: Path) -> None:
+    """Write the normals that were brought to the working size into the set and point their rows there."""
+    for i, (row, original, image) in enumerate(zip(rows, originals, heldout)):
+        if original.shape != image.shape:
+            (staging / "normals").mkdir(exist_ok=True)
+            name = f"normal_{i:04d}.png"
+            Image.fromarray(image).save(staging / "normals" / name)
+            row["path"] = str(final_directory / "normals" / name)
 
 
 def _write_anomalies(staging: Path, synthetic, seed_paths: list[Path], final_directory: Path) -> list[dict]:
