@@ -86,6 +86,9 @@ def register_tiny_clip() -> str:
     import tempfile
     from pathlib import Path
 
+    from compat import torchvision_fix
+
+    torchvision_fix.apply()
     import open_clip
 
     if TINY_CLIP not in open_clip.list_models():
