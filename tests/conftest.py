@@ -11,6 +11,7 @@ from compat import torchvision_fix  # noqa: E402
 torchvision_fix.apply()  # before a test imports diffusers or torchvision
 
 MVTEC_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mvtec_ad"
+DASHBOARD = Path(__file__).resolve().parents[1] / "dashboards" / "leaderboard.py"
 
 
 @pytest.fixture(scope="session")
@@ -78,3 +79,25 @@ def tiny_sd_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("tiny-sd")
     save_tiny_stable_diffusion(directory)
     return directory
+
+
+@pytest.fixture
+def page(monkeypatch):
+    """Runs the dashboard as `streamlit run dashboards/leaderboard.py -- --tracking-uri URI` would, with
+    `session` preset (the section, the run...), in a new session whose reads are not cached by earlier ones."""
+    import sys
+
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    def run(uri: str, **session) -> AppTest:
+        st.cache_data.clear()
+        monkeypatch.setattr(sys, "argv", [str(DASHBOARD), "--tracking-uri", uri])
+        app = AppTest.from_file(str(DASHBOARD), default_timeout=120)
+        for key, value in session.items():
+            app.session_state[key] = value
+        app.run()
+        assert not app.exception, app.exception[0].message
+        return app
+
+    return run

@@ -2,21 +2,15 @@
 once per session and shared; tests that change it work on a copy), and the dashboard run on a store."""
 
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import pytest
-import streamlit as st
-from streamlit.testing.v1 import AppTest
 
 from selection.config import SearchConfig, SelectionConfig
 from selection.pipeline import SelectionResult, run_selection
 from selection.study import SearchResult, run_search
-
-DASHBOARD = Path(__file__).resolve().parents[2] / "dashboards" / "leaderboard.py"
-
 
 @dataclass(frozen=True)
 class FilledStore:
@@ -58,23 +52,6 @@ def store_copy(filled_store, tmp_path) -> str:
     """A copy of the filled store's database, for a test that writes (its artefacts stay where they are)."""
     shutil.copy(filled_store.database, tmp_path / "mlflow.db")
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
-
-
-@pytest.fixture
-def page(monkeypatch):
-    """Runs the dashboard as `streamlit run dashboards/leaderboard.py -- --tracking-uri URI` would, with
-    `session` preset (the section, the run...), in a new session whose reads are not cached by earlier ones."""
-    def run(uri: str, **session) -> AppTest:
-        st.cache_data.clear()
-        monkeypatch.setattr(sys, "argv", [str(DASHBOARD), "--tracking-uri", uri])
-        app = AppTest.from_file(str(DASHBOARD), default_timeout=120)
-        for key, value in session.items():
-            app.session_state[key] = value
-        app.run()
-        assert not app.exception, app.exception[0].message
-        return app
-
-    return run
 
 
 @pytest.fixture

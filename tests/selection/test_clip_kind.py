@@ -96,7 +96,7 @@ def test_an_unreachable_hub_model_fails_the_check_before_any_image_is_read(monke
 
 @pytest.mark.slow
 def test_a_selection_ranks_the_prompts_and_registers_a_pick_that_scores_and_maps(mvtec_root, tracking_uri, tmp_path,
-                                                                                 tiny_clip):
+                                                                                 tiny_clip, page):
     config = SelectionConfig(task="mvtec/bottle", data_root=str(mvtec_root), detectors=("clip",),
                              clip_models=(tiny_clip,), generators=("cutpaste",), n_anomalies=20, max_support=40,
                              max_validation=30, tracking_uri=tracking_uri, store=str(tmp_path / "synthetic"),
@@ -110,6 +110,10 @@ def test_a_selection_ranks_the_prompts_and_registers_a_pick_that_scores_and_maps
     assert result.decision.prior == f"{prefix}/pretrained/ensemble"
     runs = mlflow.search_runs(experiment_names=["clip"], filter_string="tags.kind = 'candidate'")
     assert len(runs) == len(board) and set(runs["params.prompts"]) == set(PROMPT_SETS)
+    shown = page(tracking_uri).dataframe[0].value.set_index("candidate")  # the dashboard's leaderboard
+    assert set(shown.index) == set(board.index)
+    assert "prior" in shown.loc[f"{prefix}/pretrained/ensemble", "mark"]
+    assert "pick" in shown.loc[result.pick.name, "mark"]
 
     assert result.promotion.alias == CHAMPION
     model = mlflow.pyfunc.load_model(f"models:/{result.promotion.model_name}@champion")
