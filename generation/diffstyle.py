@@ -15,6 +15,8 @@ the dominant cost and are cached per (image, model, steps, resolution): in memor
 """
 
 import hashlib
+import pickle
+import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -135,8 +137,12 @@ class DiffStyle(Generator):
         if key not in self._inversions and self.cache_dir is not None:
             path = Path(self.cache_dir) / f"{key}.pt"
             if path.is_file():
-                stored = torch.load(path, weights_only=True)
-                self._inversions[key] = Inversion(stored["noise"], dict(stored["bottlenecks"]))
+                try:  # weights_only: tensors and plain containers, never an arbitrary object
+                    stored = torch.load(path, weights_only=True)
+                    self._inversions[key] = Inversion(stored["noise"], dict(stored["bottlenecks"]))
+                except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, TypeError) as error:
+                    warnings.warn(f"damaged inversion cache entry {path} ({type(error).__name__}): inverting the "
+                                  "image again", stacklevel=2)
         return self._inversions.get(key)
 
     def _store(self, key: str, inversion: Inversion) -> None:
