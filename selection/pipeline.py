@@ -45,6 +45,7 @@ def run_selection(config: SelectionConfig) -> SelectionResult:
     if config.prior is not None and config.prior not in by_name:
         raise ValueError(f"the prior {config.prior!r} is not a candidate; candidates: {', '.join(sorted(by_name))}")
     tracking.configure(config.tracking_uri, config.experiment)  # an unreachable store fails here, in seconds
+    interrupted = tracking.end_interrupted_runs(config.experiment)
     evidence = gather_evidence(config)
 
     scored = {candidate.name: score_candidate(candidate, evidence, features)
@@ -59,7 +60,7 @@ def run_selection(config: SelectionConfig) -> SelectionResult:
                       {name: item.synthetic_scores for name, item in scored.items()}, config.confidence, config.seed,
                       load_calibration(config.generators, prior_kind(config, ensemble)))
     result = SelectionResult(evidence.task, leaderboard, by_name[decision.chosen], decision, evidence.validation_sets,
-                             features=features, warnings=evidence.notes + control_warnings(leaderboard), scored=scored,
+                             features=features, warnings=interrupted + evidence.notes + control_warnings(leaderboard), scored=scored,
                              real_labels=evidence.real_labels)
     if evidence.has_real_labels and len(candidates) > 1:
         result.comparisons = _compare(leaderboard, evidence.validation_sets, baseline)

@@ -3,9 +3,12 @@
 `champion` moves to a new version only by the rule that picks it within a selection: the current champion is
 the prior, kept unless the new version beats it in at least the confidence threshold's share of stratified
 bootstrap resamples of the same synthetic validation sets (same digest), in every generator family. Each
-version's per-image synthetic scores are kept beside it (`synthetic_scores/v<version>.json` in its run) so a
-later version can be compared with it; a version on other sets, or against a champion without kept scores,
-is the `challenger`. Version tags carry the evidence and the reason.
+version's per-image synthetic scores are kept beside it (in its run, at the path its `synthetic_scores` tag
+names) so a later version can be compared with it; a version on other sets, or against a champion without
+kept scores, is the `challenger`. Version tags carry the evidence and the reason.
+
+A version is created with its evidence tags in one request, after everything it refers to is logged, and
+only then aliased: a process killed on the way leaves no version without evidence and no alias on one.
 """
 
 import logging
@@ -36,7 +39,7 @@ from selection.validation_set import ValidationSet
 
 # inputs are files, paths or arrays (see detector_model.py): no input schema; `maps` asks for anomaly maps
 MODEL_SIGNATURE = ModelSignature(inputs=None, params=ParamSchema([ParamSpec(MAPS_PARAM, "boolean", False)]))
-SCORES_DIR = "synthetic_scores"
+SCORES_DIR = SCORES_TAG = "synthetic_scores"
 
 
 @dataclass(frozen=True)
@@ -97,18 +100,15 @@ def register_and_promote(model_name: str, detector: Detector, evidence: dict[str
             python_model=str(Path(__file__).with_name("detector_model.py")),
             artifacts={"bundle": str(Path(tmp) / "bundle")},
             code_paths=[str(Path(package.__file__).parent) for package in (detectors, compat)],
-            registered_model_name=model_name,
             pip_requirements=_requirements(),
             signature=MODEL_SIGNATURE,
         )
-    version = str(info.registered_model_version)
-    mlflow.log_dict({generator: [float(x) for x in values] for generator, values in scores.items()},
-                    f"{SCORES_DIR}/v{version}.json")
+    scores_path = f"{SCORES_DIR}/{info.model_id}.json"
+    mlflow.log_dict({generator: [float(x) for x in values] for generator, values in scores.items()}, scores_path)
     alias, reason = _choose_alias(model_name, evidence, labels, scores, threshold, seed)
-    client = MlflowClient()
-    for key, value in {**evidence, "promotion": reason}.items():
-        client.set_model_version_tag(model_name, version, key, str(value))
-    client.set_registered_model_alias(model_name, alias, version)
+    tags = {key: str(value) for key, value in {**evidence, "promotion": reason, SCORES_TAG: scores_path}.items()}
+    version = str(mlflow.register_model(info.model_uri, model_name, tags=tags).version)
+    MlflowClient().set_registered_model_alias(model_name, alias, version)
     return Promotion(model_name, version, alias, reason)
 
 
@@ -137,7 +137,9 @@ def _choose_alias(model_name: str, evidence: dict, labels: dict[str, np.ndarray]
         return CHALLENGER, (f"champion v{champion.version} was selected on another synthetic set "
                             f"({champion.tags.get('dataset_digest')}): not comparable")
     try:
-        kept = mlflow.artifacts.load_dict(f"runs:/{champion.run_id}/{SCORES_DIR}/v{champion.version}.json")
+        # versions registered before the tag existed kept their scores by version number
+        scores_path = champion.tags.get(SCORES_TAG) or f"{SCORES_DIR}/v{champion.version}.json"
+        kept = mlflow.artifacts.load_dict(f"runs:/{champion.run_id}/{scores_path}")
         champion_scores = {generator: np.asarray(kept[generator], dtype=float) for generator in labels}
     except (MlflowException, OSError, KeyError, TypeError, ValueError):
         return CHALLENGER, f"champion v{champion.version} has no kept synthetic scores to be compared with"

@@ -51,7 +51,7 @@ class SearchResult:
     run_id: str
     promotion: registry.Promotion | None = None
     decision: Decision | None = None  # the best trial against the space's prior, where it was registered
-    notes: list[str] = field(default_factory=list)  # what the search changed about the task's images
+    notes: list[str] = field(default_factory=list)  # warnings: interrupted runs it ended, images it resized
 
 
 def run_search(config: SearchConfig) -> SearchResult:
@@ -62,6 +62,7 @@ def run_search(config: SearchConfig) -> SearchResult:
     features = FeatureCache(device=selection.device, directory=selection.feature_dir)
     check_candidates(default_candidates(replace(selection.candidate_pool(), controls=False), (config.space,)), features)
     tracking.configure(selection.tracking_uri, selection.experiment)  # an unreachable store fails in seconds
+    interrupted = tracking.end_interrupted_runs(selection.experiment)
     evidence = gather_evidence(selection)
     study, run_id = _open_study(config, evidence)
     completed_before = _count(study, TrialState.COMPLETE)
@@ -84,7 +85,7 @@ def run_search(config: SearchConfig) -> SearchResult:
     result = SearchResult(study.study_name, trials, best_candidate, best.number,
                           _count(study, TrialState.COMPLETE) - completed_before,
                           _compare(trials) if evidence.has_real_labels else None, failures, run_id,
-                          notes=evidence.notes)
+                          notes=interrupted + evidence.notes)
     _record(config, result, evidence, features)
     return result
 

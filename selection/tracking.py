@@ -18,6 +18,7 @@ from mlflow.data.dataset_source_registry import resolve_dataset_source
 
 from selection.config import DEFAULT_TRACKING_URI
 from selection.environment import temporary_environment
+from selection.processes import ended_on_this_host, this_process
 from selection.report import Report
 from selection.validation_set import ValidationSet
 
@@ -40,6 +41,28 @@ def configure(tracking_uri: str | None, experiment: str) -> str:
             message = message.replace(password, "***")
         raise ValueError(f"cannot use the MLflow store {without_password(uri)}: {message}") from None
     return uri
+
+
+PROCESS_TAG = "process"  # host:pid of the process that opened a run: a later one can tell it was killed
+
+
+def end_interrupted_runs(experiment: str) -> list[str]:
+    """Runs of `experiment` left RUNNING by a process of this host that no longer exists (killed,
+    or out of memory) are marked KILLED, with a tag saying which process found them; returns a note per
+    run. Runs opened on other hosts are left alone: whether their processes live cannot be seen from here."""
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(experiment)
+    notes = []
+    for run in client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        owner = run.data.tags.get(PROCESS_TAG, "")
+        if not ended_on_this_host(owner):
+            continue
+        client.set_tag(run.info.run_id, "interrupted", f"its process ended without closing it; marked KILLED by "
+                                                       f"{this_process()}")
+        client.set_terminated(run.info.run_id, "KILLED")
+        notes.append(f"run {run.info.run_id} ({run.info.run_name}) was left RUNNING by process {owner}, which no "
+                     "longer exists: marked KILLED")
+    return notes
 
 
 def without_password(uri: str) -> str:
@@ -78,9 +101,9 @@ def log_validation_input(validation_set: ValidationSet, task: str) -> None:
 def parent_run(task: str, kind: str, params: dict, validation_sets: list[ValidationSet],
                tags: dict[str, str] | None = None):
     """The parent run of one selection or search (`kind`); the validation sets are logged as its inputs."""
-    with mlflow.start_run(run_name=f"{'select' if kind == 'selection' else kind} {task}") as run:
-        mlflow.log_params(params)
-        mlflow.set_tags({"task": task, "kind": kind, **(tags or {})})
+    tags = {"task": task, "kind": kind, PROCESS_TAG: this_process(), **(tags or {})}
+    with mlflow.start_run(run_name=f"{'select' if kind == 'selection' else kind} {task}", tags=tags) as run:
+        mlflow.log_params(params)  # the tags came with the run: a run is never without its process
         for validation_set in validation_sets:
             log_validation_input(validation_set, task)
             mlflow.log_artifact(str(validation_set.directory / "generation.json"),
@@ -94,7 +117,7 @@ def log_candidate(task: str, name: str, params: dict, metrics: dict[str, float],
     """A child run of the active run, or of `parent_run_id` (a search's trials, logged from worker
     processes); returns its run id."""
     tags = {"task": task, "kind": "candidate", "candidate": name, "negative_control": str(is_control).lower(),
-            **(tags or {})}
+            PROCESS_TAG: this_process(), **(tags or {})}
     with mlflow.start_run(run_name=name, nested=True, parent_run_id=parent_run_id, tags=tags) as run:
         now = int(time.time() * 1000)
         MlflowClient().log_batch(  # one request: a search logs many of these
@@ -109,6 +132,7 @@ def log_candidate(task: str, name: str, params: dict, metrics: dict[str, float],
 def resumed_run(run_id: str):
     """The run `run_id` active again (a search's parent run, once its workers are done)."""
     with mlflow.start_run(run_id=run_id) as run:
+        mlflow.set_tag(PROCESS_TAG, this_process())  # whoever has it RUNNING now
         yield run
 
 

@@ -2,11 +2,14 @@
 
 A set lives in `<store>/<digest>/` as PNG files and `manifest.csv` (one row per image). The digest covers the
 generator, its parameters, the seed, the number of anomalies, the seed images and the held-out normals, so
-the same request finds the stored set instead of generating again.
+the same request finds the stored set instead of generating again. A set is written into a staging folder
+named after its writer (`.<digest>-<host>-<pid>-<random>`) and renamed into place: a killed writer leaves
+only its staging folder, which the next request on the same host removes.
 """
 
 import hashlib
 import json
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -19,8 +22,10 @@ from PIL import Image
 from detectors import image_digest, load_rgb
 from detectors.images import resize_image
 from generation import create_generator
+from selection.processes import ended_on_this_host, this_process
 
 MANIFEST = "manifest.csv"
+STAGING = re.compile(r"^\.[0-9a-f]+-(?P<process>.+-\d+)-[A-Za-z0-9_]+$")  # see the module's docstring
 MANIFEST_COLUMNS = ["path", "label", "mask_path", "generator", "source_image", "seed", "parameters"]
 
 
@@ -85,9 +90,11 @@ def build_validation_set(
     if (directory / MANIFEST).is_file():
         return _read(directory, digest, generator_name, reused=True)
 
-    synthetic = generator.generate(seed_images, n_anomalies, seed)
     store.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=store))
+    remove_abandoned_staging(store)
+    synthetic = generator.generate(seed_images, n_anomalies, seed)
+    writer = this_process().replace(":", "-")
+    staging = Path(tempfile.mkdtemp(prefix=f".{digest}-{writer}-", dir=store))
     try:
         rows = [_normal_row(path, generator_name, seed) for path in heldout_paths]
         _store_resized_normals(staging, rows, originals, heldout, directory)
@@ -108,6 +115,20 @@ def build_validation_set(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return _read(directory, digest, generator_name, reused=False)
+
+
+def remove_abandoned_staging(store: Path) -> list[Path]:
+    """Remove the staging folders in `store` whose writer was a process of this host that no longer exists;
+    returns them."""
+    removed = []
+    for entry in store.glob(".*"):
+        match = STAGING.match(entry.name)
+        if match and entry.is_dir():
+            host, _, pid = match["process"].rpartition("-")
+            if ended_on_this_host(f"{host}:{pid}"):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+    return removed
 
 
 def _normal_row(path: Path, generator_name: str, seed: int) -> dict:

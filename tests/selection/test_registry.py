@@ -56,7 +56,7 @@ def test_champion_moves_only_when_confidently_beaten_on_the_same_synthetic_sets(
     assert str(champion.version) == anything.version and champion.tags["dataset_digest"] == "d1"
     assert "threshold 0%" in champion.tags["promotion"]
     assert str(client.get_model_version_by_alias("bottle-detector", CHALLENGER).version) == other_set.version
-    kept = mlflow.artifacts.load_dict(f"runs:/{champion.run_id}/synthetic_scores/v{champion.version}.json")
+    kept = mlflow.artifacts.load_dict(f"runs:/{champion.run_id}/{champion.tags['synthetic_scores']}")
     np.testing.assert_allclose(kept["nsa"], _scores(0.0, seed=2)["nsa"])
 
 
@@ -100,3 +100,15 @@ def test_a_registered_ensemble_scores_images_like_the_ensemble(tracking_uri, fit
     images = np.stack([rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(3)])
     model = mlflow.pyfunc.load_model("models:/bottle-detector@champion")
     np.testing.assert_allclose(model.predict(images), ensemble.anomaly_scores(list(images)), rtol=1e-6)
+
+
+def test_a_champion_registered_before_the_scores_tag_is_compared_on_the_scores_kept_by_its_version(
+        tracking_uri, fitted_detector):
+    mlflow.set_experiment("registry")
+    first = _promote(fitted_detector, 0.80, "d1")
+    client = MlflowClient()
+    champion = client.get_model_version("bottle-detector", first.version)
+    artifacts = Path(urlparse(mlflow.get_run(champion.run_id).info.artifact_uri).path)
+    (artifacts / champion.tags["synthetic_scores"]).rename(artifacts / "synthetic_scores" / f"v{first.version}.json")
+    client.delete_model_version_tag("bottle-detector", first.version, "synthetic_scores")  # how older versions are
+    assert _promote(fitted_detector, 0.99, "d1", _scores(5.0)).alias == CHAMPION

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -207,3 +208,32 @@ def test_optuna_dashboard_serves_the_study(mvtec_root, tmp_path, tracking_uri):
         (study,) = [s for s in api(f"{base}/api/studies")["study_summaries"] if s["study_name"] == result.study_name]
         detail = api(f"{base}/api/studies/{study['study_id']}")
     assert sorted(t["number"] for t in detail["trials"] if t["state"] == "Complete") == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_a_storage_password_reaches_no_run_tag_artefact_report_or_page(mvtec_root, tmp_path, tracking_uri,
+                                                                       postgres_url, page):
+    from selection.study import format_search_report
+
+    password = "pw-never-shown-4711"
+    storage = postgres_url.replace("postgres@", f"postgres:{password}@")  # the test server trusts any password
+    config = _config(mvtec_root, tmp_path, tracking_uri, "--trials", "3")
+    result = run_search(replace(config, storage=storage))
+    assert password not in format_search_report(result)
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("search")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    assert len(runs) == 4  # the search and its three trials
+    recorded = [str(run.data.params) + str(run.data.tags) for run in runs]
+    for run in runs:
+        local = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(tmp_path / run.info.run_id)))
+        recorded += [path.read_text(errors="replace") for path in local.rglob("*")
+                     if path.is_file() and path.suffix in (".md", ".json", ".csv", ".txt", ".yaml", "")]
+    recorded += [str(version.tags) for version in client.search_model_versions()]
+    assert "postgresql" in " ".join(recorded)  # where the storage is recorded, it is recorded masked
+    assert not [text for text in recorded if password in text]
+    app = page(tracking_uri, run=result.run_id)
+    shown = [str(element.value) for kind in ("markdown", "caption", "info", "warning", "dataframe")
+             for element in getattr(app, kind)]
+    assert shown and not [text for text in shown if password in text]
