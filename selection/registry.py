@@ -8,7 +8,10 @@ names) so a later version can be compared with it; a version on other sets, or a
 kept scores, is the `challenger`. Version tags carry the evidence and the reason.
 
 A version is created with its evidence tags in one request, after everything it refers to is logged, and
-only then aliased: a process killed on the way leaves no version without evidence and no alias on one.
+only then aliased: a process killed on the way leaves no version without evidence and no alias on one. Just
+before the alias is set the champion is read again, and where another promotion moved it meanwhile the
+decision is taken again against the new champion; MLflow has no compare-and-set, so two promotions can still
+interleave between that read and the alias write (milliseconds), not over a whole registration.
 """
 
 import logging
@@ -22,6 +25,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ParamSchema, ParamSpec
@@ -40,6 +44,7 @@ from selection.validation_set import ValidationSet
 # inputs are files, paths or arrays (see detector_model.py): no input schema; `maps` asks for anomaly maps
 MODEL_SIGNATURE = ModelSignature(inputs=None, params=ParamSchema([ParamSpec(MAPS_PARAM, "boolean", False)]))
 SCORES_DIR = SCORES_TAG = "synthetic_scores"
+RECHECKS = 5  # MLflow has no compare-and-set on an alias: how often a promotion re-decides when raced
 
 
 @dataclass(frozen=True)
@@ -105,11 +110,31 @@ def register_and_promote(model_name: str, detector: Detector, evidence: dict[str
         )
     scores_path = f"{SCORES_DIR}/{info.model_id}.json"
     mlflow.log_dict({generator: [float(x) for x in values] for generator, values in scores.items()}, scores_path)
-    alias, reason = _choose_alias(model_name, evidence, labels, scores, threshold, seed)
+    champion = _champion(model_name)
+    alias, reason = _choose_alias(champion, evidence, labels, scores, threshold, seed)
     tags = {key: str(value) for key, value in {**evidence, "promotion": reason, SCORES_TAG: scores_path}.items()}
     version = str(mlflow.register_model(info.model_uri, model_name, tags=tags).version)
-    MlflowClient().set_registered_model_alias(model_name, alias, version)
+    client = MlflowClient()
+    for _ in range(RECHECKS):  # another process may have moved the champion meanwhile: decide against the new one
+        now = _champion(model_name)
+        if _version(now) == _version(champion):
+            break
+        champion = now
+        alias, reason = _choose_alias(champion, evidence, labels, scores, threshold, seed)
+        client.set_model_version_tag(model_name, version, "promotion", reason)
+    client.set_registered_model_alias(model_name, alias, version)
     return Promotion(model_name, version, alias, reason)
+
+
+def _champion(model_name: str) -> ModelVersion | None:
+    try:
+        return MlflowClient().get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def _version(model_version: ModelVersion | None) -> str | None:
+    return None if model_version is None else str(model_version.version)
 
 
 @contextmanager
@@ -127,11 +152,9 @@ def _quiet_signature_inference():
         logger.setLevel(level)
 
 
-def _choose_alias(model_name: str, evidence: dict, labels: dict[str, np.ndarray], scores: dict[str, np.ndarray],
-                  threshold: float, seed: int) -> tuple[str, str]:
-    try:
-        champion = MlflowClient().get_model_version_by_alias(model_name, CHAMPION)
-    except MlflowException:
+def _choose_alias(champion: ModelVersion | None, evidence: dict, labels: dict[str, np.ndarray],
+                  scores: dict[str, np.ndarray], threshold: float, seed: int) -> tuple[str, str]:
+    if champion is None:
         return CHAMPION, "first registered model"
     if champion.tags.get("dataset_digest") != evidence["dataset_digest"]:
         return CHALLENGER, (f"champion v{champion.version} was selected on another synthetic set "

@@ -112,3 +112,30 @@ def test_a_champion_registered_before_the_scores_tag_is_compared_on_the_scores_k
     (artifacts / champion.tags["synthetic_scores"]).rename(artifacts / "synthetic_scores" / f"v{first.version}.json")
     client.delete_model_version_tag("bottle-detector", first.version, "synthetic_scores")  # how older versions are
     assert _promote(fitted_detector, 0.99, "d1", _scores(5.0)).alias == CHAMPION
+
+
+def test_a_promotion_raced_by_another_decides_again_against_the_champion_that_won(tracking_uri, fitted_detector,
+                                                                                   monkeypatch):
+    import threading
+
+    mlflow.set_experiment("registry")
+    _promote(fitted_detector, 0.80, "d1")  # v1, the champion both decide against at first
+    register, raced = mlflow.register_model, []
+
+    def register_while_another_promotes(*args, **kwargs):
+        version = register(*args, **kwargs)
+        if not raced:  # the other promotion runs to its end between this one's registration and its alias
+            raced.append("started")
+            other = threading.Thread(target=lambda: raced.append(_promote(fitted_detector, 0.99, "d1", _scores(5.0, seed=3))))
+            other.start()
+            other.join()
+        return version
+
+    monkeypatch.setattr(mlflow, "register_model", register_while_another_promotes)
+    slower = _promote(fitted_detector, 0.95, "d1", _scores(3.0, seed=1))  # beats v1, not the raced v3
+    faster = raced[1]
+    assert (slower.version, faster.version) == ("2", "3") and faster.alias == CHAMPION
+    assert slower.alias == CHALLENGER and "does not beat champion v3" in slower.reason
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias("bottle-detector", CHAMPION).version) == "3"
+    assert client.get_model_version("bottle-detector", "2").tags["promotion"] == slower.reason
