@@ -1,6 +1,7 @@
 """Everything selection records in MLflow: the selection's parent run, a child run per candidate, the
 synthetic validation sets as MLflow datasets, and the leaderboard. The only module that logs runs."""
 
+import fcntl
 import json
 import tempfile
 import time
@@ -28,11 +29,13 @@ def configure(tracking_uri: str | None, experiment: str) -> str:
     artifacts under ./mlruns. A store that does not answer at once is a ValueError: called before any
     expensive work, so an unreachable server fails in seconds, not after the forward passes."""
     uri = tracking_uri or DEFAULT_TRACKING_URI
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    database = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     try:
-        with temporary_environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10"):
+        with (temporary_environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10"),
+              _creating_alone(database)):
             mlflow.set_experiment(experiment)
     except Exception as error:  # whatever the store's client raises: connection, authentication, database
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -41,6 +44,21 @@ def configure(tracking_uri: str | None, experiment: str) -> str:
             message = message.replace(password, "***")
         raise ValueError(f"cannot use the MLflow store {without_password(uri)}: {message}") from None
     return uri
+
+
+@contextmanager
+def _creating_alone(database: Path | None):
+    """Around the first use of a local SQLite store: one process at a time, since MLflow creates and migrates
+    the database on first use and two processes doing so at once collide ("duplicate column name")."""
+    if database is None:
+        yield
+        return
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 PROCESS_TAG = "process"  # host:pid of the process that opened a run: a later one can tell it was killed

@@ -1,8 +1,8 @@
-"""Several processes at once against shared real servers: an MLflow tracking server on loopback (PostgreSQL
-backend store, artefacts served by it) taking two selections and a two-worker search (Optuna on PostgreSQL)
-at the same time, on one synthetic-set store and one feature cache. Nothing is lost, duplicated or
-interleaved: each selection has its own candidates once, the search its completed trials once, every model
-version its evidence, and the champion loads through the server."""
+"""Several processes at once on shared stores: two selections on one local SQLite store; and an MLflow
+tracking server on loopback (PostgreSQL backend store, artefacts served by it) taking two selections and a
+two-worker search (Optuna on PostgreSQL) at the same time. Each time on one synthetic-set store and one
+feature cache. Nothing is lost, duplicated or interleaved: each selection has its own candidates once, the
+search its completed trials once, every model version its evidence, and the champion loads."""
 
 import subprocess
 import sys
@@ -48,6 +48,49 @@ def tracking_server(postgres_url, tmp_path):
         yield f"http://127.0.0.1:{port}"
 
 
+def _run_at_once(commands: list[list[str]], cwd: Path) -> None:
+    processes = [subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for command in commands]
+    outputs = [process.communicate(timeout=900) for process in processes]
+    for process, (_, err) in zip(processes, outputs):
+        assert process.returncode == 0, err[-3000:]
+
+
+def _selections_are_whole(client: MlflowClient, runs, tmp_path: Path, expected: int) -> dict[str, list]:
+    """Every run FINISHED, `expected` selections each with its leaderboard's candidates once; the child runs
+    by parent run id."""
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    children = {}
+    for run in runs:
+        children.setdefault(run.data.tags.get("mlflow.parentRunId"), []).append(run)
+    selections = [run for run in runs if run.data.tags.get("kind") == "selection"]
+    assert len(selections) == expected
+    for selection in selections:
+        names = [child.data.tags["candidate"] for child in children[selection.info.run_id]]
+        board = client.download_artifacts(selection.info.run_id, "leaderboard.csv", str(tmp_path / selection.info.run_id))
+        assert sorted(names) == sorted(line.split(",")[1] for line in Path(board).read_text().splitlines()[1:])
+    return children
+
+
+def _versions_carry_their_evidence(client: MlflowClient, expected: int) -> None:
+    versions = client.search_model_versions("name = 'anomaly-mvtec-bottle'")
+    assert len(versions) == expected and all(set(EVIDENCE_TAGS) <= set(version.tags) for version in versions)
+    assert set(EVIDENCE_TAGS) <= set(client.get_model_version_by_alias("anomaly-mvtec-bottle", CHAMPION).tags)
+
+
+@pytest.mark.slow
+def test_two_selections_at_once_on_one_sqlite_store(mvtec_root, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = [sys.executable, "-m", "selection.run", *SMALL, "--data-root", str(mvtec_root), "--tracking-uri", uri,
+               "--store", str(tmp_path / "synthetic"), "--feature-dir", str(tmp_path / "features"),
+               "--detectors", "knn", "--ensemble", "none"]
+    _run_at_once([command, command], tmp_path)
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("shared").experiment_id], max_results=1000)
+    _selections_are_whole(client, runs, tmp_path, expected=2)
+    _versions_carry_their_evidence(client, expected=2)
+
+
 @pytest.mark.slow
 def test_two_selections_and_a_search_at_once_on_a_tracking_server_lose_and_mix_nothing(
         mvtec_root, tmp_path, postgres_url, tracking_server):
@@ -56,37 +99,17 @@ def test_two_selections_and_a_search_at_once_on_a_tracking_server_lose_and_mix_n
     commands = [[sys.executable, "-m", "selection.run", *SMALL, *shared, "--detectors", "knn", "--ensemble", "none"]] * 2
     commands.append([sys.executable, "-m", "selection.search", *SMALL, *shared, "--trials", str(TRIALS), "--workers", "2",
                      "--storage", postgres_url, "--study-name", "shared-search"])
-    processes = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for command in commands]
-    outputs = [process.communicate(timeout=900) for process in processes]
-    for process, (out, err) in zip(processes, outputs):
-        assert process.returncode == 0, err[-3000:]
-
+    _run_at_once(commands, tmp_path)
     client = MlflowClient(tracking_server)
-    experiment = client.get_experiment_by_name("shared")
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    assert {run.info.status for run in runs} == {"FINISHED"}
-    parents = {run.info.run_id: run for run in runs if run.data.tags.get("kind") in ("selection", "search")}
-    children = {}
-    for run in runs:
-        children.setdefault(run.data.tags.get("mlflow.parentRunId"), []).append(run)
-    selections = [run for run in parents.values() if run.data.tags["kind"] == "selection"]
-    assert len(selections) == 2
-    for selection in selections:
-        names = [child.data.tags["candidate"] for child in children[selection.info.run_id]]
-        board = client.download_artifacts(selection.info.run_id, "leaderboard.csv", str(tmp_path / selection.info.run_id))
-        expected = [line.split(",")[1] for line in Path(board).read_text().splitlines()[1:]]
-        assert sorted(names) == sorted(expected)  # each candidate once, under its own selection
-    (search,) = [run for run in parents.values() if run.data.tags["kind"] == "search"]
+    runs = client.search_runs([client.get_experiment_by_name("shared").experiment_id], max_results=1000)
+    children = _selections_are_whole(client, runs, tmp_path, expected=2)
+    (search,) = [run for run in runs if run.data.tags.get("kind") == "search"]
     study = optuna.load_study(study_name="shared-search", storage=postgres_url)
     completed = sorted(t.number for t in study.trials if t.state == TrialState.COMPLETE)
     assert len(completed) == TRIALS
     assert sorted(int(child.data.tags["optuna.trial"]) for child in children[search.info.run_id]) == completed
 
-    versions = client.search_model_versions("name = 'anomaly-mvtec-bottle'")
-    assert len(versions) == 3 and all(set(EVIDENCE_TAGS) <= set(version.tags) for version in versions)
-    champion = client.get_model_version_by_alias("anomaly-mvtec-bottle", CHAMPION)
-    assert set(EVIDENCE_TAGS) <= set(champion.tags)
+    _versions_carry_their_evidence(client, expected=3)
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_server)
     try:
