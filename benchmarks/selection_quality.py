@@ -233,7 +233,9 @@ def calibration_text(levels: list[list]) -> str:
 def write_calibration(key: str, levels: list[list], measured_on: str, path: Path = CALIBRATION_FILE) -> None:
     table = json.loads(path.read_text()) if path.is_file() else {}
     table[key] = {"levels": levels, "measured_on": measured_on}
-    path.write_text(json.dumps(table, indent=2) + "\n")
+    partial = path.with_name(f".{path.name}.partial")  # renamed into place: the product never reads half a file
+    partial.write_text(json.dumps(table, indent=2) + "\n")
+    os.replace(partial, path)
 
 
 def markdown(table: pd.DataFrame) -> str:

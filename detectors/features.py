@@ -13,6 +13,7 @@ import os
 import re
 import tempfile
 import time
+import warnings
 import weakref
 import zipfile
 from pathlib import Path
@@ -223,15 +224,16 @@ class FeatureCache:
     @staticmethod
     def _read(path: Path | None) -> dict | None:
         """A kept file's float32 arrays: pooled ones keyed (layer, pooling), maps by layer; None when there is
-        no directory or the file is absent or damaged (then it is computed again and rewritten)."""
-        if path is None:
+        no directory or the file is absent or damaged (then it is computed again and rewritten, with a warning)."""
+        if path is None or not path.is_file():
             return None
         try:
             with np.load(path, allow_pickle=False) as stored:
                 arrays = {entry: stored[entry] for entry in stored.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile):
-            return None
-        if any(array.dtype != np.float32 for array in arrays.values()):
+            arrays = None
+        if arrays is None or any(array.dtype != np.float32 for array in arrays.values()):
+            warnings.warn(f"damaged feature cache entry {path}: computing it again", stacklevel=3)
             return None
         return {tuple(entry.split(".")) if "." in entry else entry: array for entry, array in arrays.items()}
 

@@ -44,6 +44,9 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # the machine's, not the input's: a full disk, a lost mount
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(format_search_report(result))
     if result.promotion:
         print(result.promotion)

@@ -4,7 +4,8 @@ A set lives in `<store>/<digest>/` as PNG files and `manifest.csv` (one row per 
 generator, its parameters, the seed, the number of anomalies, the seed images and the held-out normals, so
 the same request finds the stored set instead of generating again. A set is written into a staging folder
 named after its writer (`.<digest>-<host>-<pid>-<random>`) and renamed into place: a killed writer leaves
-only its staging folder, which the next request on the same host removes.
+only its staging folder, which the next request on the same host removes. `checksums.json` holds the SHA-256
+of every other file of the set: a stored set whose files no longer match is generated again, with a warning.
 """
 
 import hashlib
@@ -12,6 +13,7 @@ import json
 import re
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from generation import create_generator
 from selection.processes import ended_on_this_host, this_process
 
 MANIFEST = "manifest.csv"
+CHECKSUMS = "checksums.json"
 STAGING = re.compile(r"^\.[0-9a-f]+-(?P<process>.+-\d+)-[A-Za-z0-9_]+$")  # see the module's docstring
 MANIFEST_COLUMNS = ["path", "label", "mask_path", "generator", "source_image", "seed", "parameters"]
 
@@ -88,7 +91,12 @@ def build_validation_set(
     store = Path(store).resolve()
     directory = store / digest
     if (directory / MANIFEST).is_file():
-        return _read(directory, digest, generator_name, reused=True)
+        if (problem := damage(directory)) is None:
+            return _read(directory, digest, generator_name, reused=True)
+        warnings.warn(f"stored synthetic set {directory} is damaged ({problem}): generating it again", stacklevel=2)
+        discarded = directory.with_name(f".{digest}-damaged-{this_process().replace(':', '-')}-x")
+        directory.rename(discarded)
+        shutil.rmtree(discarded, ignore_errors=True)
 
     store.mkdir(parents=True, exist_ok=True)
     remove_abandoned_staging(store)
@@ -105,6 +113,7 @@ def build_validation_set(
             json.dumps({"generator": generator_name, "params": synthetic.params, "seed": seed,
                         "n_anomalies": n_anomalies, "rejected": synthetic.rejected}, indent=2)
         )
+        (staging / CHECKSUMS).write_text(json.dumps(_checksums(staging), indent=0))
         staging.rename(directory)  # atomic: a set is either complete in the store or absent
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
@@ -115,6 +124,28 @@ def build_validation_set(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return _read(directory, digest, generator_name, reused=False)
+
+
+def damage(directory: Path) -> str | None:
+    """What is wrong with a stored set's files against its checksums, or None where nothing is (or where the
+    set was stored before checksums were kept)."""
+    path = directory / CHECKSUMS
+    if not path.is_file():
+        return None
+    try:
+        expected = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return f"{CHECKSUMS} unreadable"
+    actual = _checksums(directory)
+    for name, checksum in expected.items():
+        if actual.get(name) != checksum:
+            return f"{name} {'missing' if name not in actual else 'changed'}"
+    return None
+
+
+def _checksums(directory: Path) -> dict[str, str]:
+    return {path.relative_to(directory).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(directory.rglob("*")) if path.is_file() and path.name != CHECKSUMS}
 
 
 def remove_abandoned_staging(store: Path) -> list[Path]:

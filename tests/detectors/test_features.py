@@ -61,7 +61,8 @@ def test_features_persist_in_a_directory(tmp_path):
     damaged = next(tmp_path.rglob("*.npz"))
     damaged.write_bytes(b"garbage")
     third = FeatureCache(directory=tmp_path)
-    np.testing.assert_array_equal(third.features("timm:test_resnet", "random", "last", "avg", images), expected)
+    with pytest.warns(UserWarning, match="damaged feature cache entry .*: computing it again"):
+        np.testing.assert_array_equal(third.features("timm:test_resnet", "random", "last", "avg", images), expected)
     assert third.forward_counts == {("timm:test_resnet", "random"): 1}
 
 

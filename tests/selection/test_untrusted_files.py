@@ -51,7 +51,8 @@ def test_a_planted_feature_cache_entry_is_computed_again(tmp_path, kind):
     for entry in (tmp_path / "features").rglob("*.npz"):
         _plant(entry, tmp_path / "ran", kind)
     again = FeatureCache(directory=tmp_path / "features")
-    np.testing.assert_array_equal(again.features("timm:test_resnet", "random", "last", "avg", images), expected)
+    with pytest.warns(UserWarning, match="damaged feature cache entry"):
+        np.testing.assert_array_equal(again.features("timm:test_resnet", "random", "last", "avg", images), expected)
     assert again.forward_counts == {("timm:test_resnet", "random"): 2}
     assert not (tmp_path / "ran").exists()
 
