@@ -1,6 +1,7 @@
 """Reading images as 8-bit RGB arrays, and naming an image by its content."""
 
 import hashlib
+from collections import Counter
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -15,11 +16,16 @@ class ImageReadError(ValueError):
 def load_rgb(path, name: str | None = None) -> np.ndarray:
     """The image at `path` (or in a binary file object) as an (H, W, 3) uint8 RGB array, whatever its mode
     (grey, palette, RGBA, 16-bit). Errors call it `name` where given, else by its path."""
+    return read_rgb(path, name)[0]
+
+
+def read_rgb(path, name: str | None = None) -> tuple[np.ndarray, str]:
+    """`load_rgb`'s array, and the PIL mode the file held (RGB, L, RGBA, I;16...)."""
     name = path if name is None else name
     try:
         with Image.open(path) as image:
             image.load()  # decode now: a truncated file fails here, not later
-            return _to_rgb8(image)
+            return _to_rgb8(image), image.mode
     except FileNotFoundError:
         raise ImageReadError(f"cannot read image {name}: no such file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
@@ -35,6 +41,20 @@ def load_mask(path) -> np.ndarray:
         raise ImageReadError(f"cannot read mask {path}: no such file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ImageReadError(f"cannot read mask {path}: {_reason(error)}") from error
+
+
+MODE_NAMES = {"L": "8-bit grey", "LA": "grey with alpha (dropped)", "P": "palette", "PA": "palette with alpha (dropped)",
+              "RGBA": "RGBA (alpha dropped)", "CMYK": "CMYK", "1": "1-bit", "F": "32-bit float grey",
+              **{mode: "16-bit grey (rescaled to 8 bits)" for mode in _SIXTEEN_BIT_MODES}}
+
+
+def conversion_notes(modes: list[str], what: str) -> list[str]:
+    """A note saying how many of `what` were not 8-bit RGB and were converted, by mode; none if all were."""
+    counts = Counter(mode for mode in modes if mode != "RGB")
+    if not counts:
+        return []
+    kinds = ", ".join(f"{n} {MODE_NAMES.get(mode, mode)}" for mode, n in sorted(counts.items()))
+    return [f"{sum(counts.values())} of {len(modes)} {what} converted to 8-bit RGB: {kinds}"]
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from compat.progress import progress
-from detectors import Detector, FeatureCache, Localiser, ScoreEnsemble, load_rgb
-from detectors.images import load_mask, resize_mask
+from detectors import Detector, FeatureCache, Localiser, ScoreEnsemble
+from detectors.images import conversion_notes, load_mask, read_rgb, resize_mask
 from selection.candidates import Candidate, EnsembleCandidate, backbone_parameters
 from selection.localisation import aupro, binarise_masks, pixel_auroc
 from selection.scoring import auroc, require_two_classes
@@ -49,16 +49,17 @@ def gather_evidence(config) -> Evidence:
     """Load the task (subsampled as `config` asks), split its support set, and build or reuse one synthetic
     validation set per generator. `config` is a SelectionConfig."""
     task = load_task(config.task, config.data_root).subsample(config.max_support, config.max_validation, config.seed)
-    support = _load_images(task.support, "support images")
+    support, notes = _load_images(task.support, "support images")
     size = working_size(support)
-    support, notes = to_working_size(support, size, "support images")
+    support, resized = to_working_size(support, size, "support images")
+    support, notes = [_read_only(image) for image in support], notes + resized
     real = None
     if task.validation:  # read and checked before any set is generated: a bad one fails in seconds
         real_labels = np.array([item.label for item in task.validation])
         require_two_classes(real_labels, f"real validation set of {task.name}")
-        originals = _load_images([item.path for item in task.validation], "real validation images")
-        real_images, real_notes = to_working_size(originals, size, "real validation images")
-        notes += real_notes
+        originals, converted = _load_images([item.path for item in task.validation], "real validation images")
+        real_images, resized = to_working_size(originals, size, "real validation images")
+        real_images, notes = [_read_only(image) for image in real_images], notes + converted + resized
         real = real_images, real_labels, pixel_truth(real_images, real_labels,
                                                      [item.mask_path for item in task.validation],
                                                      [image.shape[:2] for image in originals])
@@ -212,8 +213,10 @@ def check_candidates(candidates: list[Candidate], features: FeatureCache) -> Non
         candidate.check(features)
 
 
-def _load_images(paths, description: str) -> list[np.ndarray]:
-    return [_read_only(load_rgb(path)) for path in progress(paths, desc=description)]
+def _load_images(paths, description: str) -> tuple[list[np.ndarray], list[str]]:
+    """The images, read-only, and a note where some had to be converted to 8-bit RGB."""
+    read = [read_rgb(path) for path in progress(paths, desc=description)]
+    return [_read_only(image) for image, _ in read], conversion_notes([mode for _, mode in read], description)
 
 
 def _read_only(image: np.ndarray) -> np.ndarray:

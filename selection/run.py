@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import sys
 
 from generation import list_generators
@@ -19,6 +20,16 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def names_option(known: list[str], what: str):
+    """An argparse type: comma-separated names, each one of `known`."""
+    def parse(text: str) -> tuple[str, ...]:
+        names = _csv(text)
+        if unknown := [name for name in names if name not in known]:
+            raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
+        return names
+    return parse
+
+
 def integer_option(minimum: int):
     """An argparse type: an integer of at least `minimum` (argparse names the option in its error)."""
     def parse(text: str) -> int:
@@ -30,6 +41,17 @@ def integer_option(minimum: int):
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
         return value
     return parse
+
+
+def text_option(text: str) -> str:
+    """An argparse type for paths and names MLflow records: text that is valid UTF-8 (a path read from a
+    disk may hold bytes that are not, which no MLflow store can hold)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{os.fsencode(text)!r} is not valid UTF-8, and MLflow records it as "
+                                         "text: rename it") from None
+    return text
 
 
 def fraction_option(low_open: bool, high_open: bool):
@@ -48,11 +70,12 @@ def fraction_option(low_open: bool, high_open: bool):
 
 def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     """The options a selection and a search share: the task, its synthetic evidence, the backbones and MLflow."""
-    parser.add_argument("--task", default=None,
+    parser.add_argument("--task", default=None, type=text_option,
                         help=f"task to select for: {', '.join(available_task_kinds())} "
                              f"(default: {DEFAULT_TASK}, subsampled to {DEFAULT_TASK_LIMITS})")
-    parser.add_argument("--data-root", help="dataset root (else $ANOMALY_DATA_ROOT, else ./data)")
-    parser.add_argument("--generators", type=_csv, default=SelectionConfig.generators,
+    parser.add_argument("--data-root", type=text_option, help="dataset root (else $ANOMALY_DATA_ROOT, else ./data)")
+    parser.add_argument("--generators", type=names_option(list_generators(), "generator"),
+                        default=SelectionConfig.generators,
                         help=f"comma-separated, from: {', '.join(list_generators())} "
                              f"(default {','.join(SelectionConfig.generators)})")
     parser.add_argument("--diffusion-model", help="DiffStyle's unconditional diffusers UNet2DModel: a hub id or a "
@@ -88,12 +111,14 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of the support set held out as validation normals (default 0.2)")
     parser.add_argument("--max-support", type=integer_option(1), help="subsample the support set to at most this many images")
     parser.add_argument("--max-validation", type=integer_option(2), help="subsample the real validation set (stratified)")
-    parser.add_argument("--tracking-uri", help=f"MLflow tracking URI (default {DEFAULT_TRACKING_URI})")
-    parser.add_argument("--experiment", default="anomaly-selection", help="MLflow experiment name")
-    parser.add_argument("--model-name", help="registered model name (default anomaly-<task>)")
+    parser.add_argument("--tracking-uri", type=text_option,
+                        help=f"MLflow tracking URI (default {DEFAULT_TRACKING_URI})")
+    parser.add_argument("--experiment", default="anomaly-selection", type=text_option, help="MLflow experiment name")
+    parser.add_argument("--model-name", type=text_option, help="registered model name (default anomaly-<task>)")
     parser.add_argument("--no-register", dest="register", action="store_false", help="do not register the pick")
-    parser.add_argument("--store", default="mlruns/synthetic", help="where synthetic validation sets are stored")
-    parser.add_argument("--feature-dir", default="mlruns/features",
+    parser.add_argument("--store", default="mlruns/synthetic", type=text_option,
+                        help="where synthetic validation sets are stored")
+    parser.add_argument("--feature-dir", default="mlruns/features", type=text_option,
                         help="where pooled backbone features are kept for later runs and other workers")
     parser.add_argument("--device", default="cpu", help="torch device for backbones, e.g. cuda (default cpu)")
 

@@ -169,6 +169,12 @@ def _images_in(folder: Path) -> tuple[Path, ...]:
     ))
     if not images:
         raise TaskError(f"no images in {folder} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    for image in images:
+        try:
+            str(image).encode("utf-8")
+        except UnicodeEncodeError:  # MLflow records every image's path as text
+            raise TaskError(f"image path {os.fsencode(image)!r} is not valid UTF-8, and MLflow records it as text: "
+                            "rename it") from None
     return images
 
 
