@@ -355,7 +355,12 @@ def anomalies(folder: str | Path) -> pd.DataFrame:
     except OSError as error:
         raise RecordError(f"the synthetic set's images are not at {folder} (deleted, or stored on another "
                           "machine)") from error
-    return table[table["label"] == 1].reset_index(drop=True)
+    table = table[table["label"] == 1].reset_index(drop=True)
+    inside = Path(folder).resolve()
+    for path in [*table["path"], *table["mask_path"]]:
+        if path and not Path(path).resolve().is_relative_to(inside):  # a manifest is read, never trusted
+            raise RecordError(f"the synthetic set's manifest at {folder} names {path}, outside the set")
+    return table
 
 
 @dataclass(frozen=True)

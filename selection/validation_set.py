@@ -91,7 +91,7 @@ def build_validation_set(
     store = Path(store).resolve()
     directory = store / digest
     if (directory / MANIFEST).is_file():
-        if (problem := damage(directory)) is None:
+        if (problem := damage(directory) or _escape(directory, heldout_paths)) is None:
             return _read(directory, digest, generator_name, reused=True)
         warnings.warn(f"stored synthetic set {directory} is damaged ({problem}): generating it again", stacklevel=2)
         discarded = directory.with_name(f".{digest}-damaged-{this_process().replace(':', '-')}-x")
@@ -140,6 +140,17 @@ def damage(directory: Path) -> str | None:
     for name, checksum in expected.items():
         if actual.get(name) != checksum:
             return f"{name} {'missing' if name not in actual else 'changed'}"
+    return None
+
+
+def _escape(directory: Path, heldout_paths: list[Path]) -> str | None:
+    """A manifest path that leads out of the set, other than the request's own held-out normals; None if none."""
+    manifest = pd.read_csv(directory / MANIFEST, keep_default_na=False)
+    allowed = {str(Path(path).resolve()) for path in heldout_paths}
+    inside = directory.resolve()
+    for path in [*manifest["path"], *manifest["mask_path"]]:
+        if path and not Path(path).resolve().is_relative_to(inside) and str(Path(path).resolve()) not in allowed:
+            return f"{MANIFEST} names {path}, outside the set"
     return None
 
 

@@ -72,3 +72,23 @@ def test_a_full_disk_ends_the_command_with_a_short_error(mvtec_root, tracking_ur
     last_line = capsys.readouterr().err.splitlines()[-1]  # MLflow's own log lines come first
     assert last_line.startswith("error: [Errno 28] No space left on device: ") and "anomaly_0000.png" in last_line
     assert not any((tmp_path / "store").iterdir())
+
+
+def test_a_manifest_that_leads_out_of_its_set_is_not_followed(request_set):
+    import json
+
+    import pandas as pd
+
+    from selection.records import RecordError, anomalies
+    from selection.validation_set import CHECKSUMS, _checksums
+
+    stored = request_set()
+    manifest = pd.read_csv(stored.directory / "manifest.csv", keep_default_na=False)
+    manifest.loc[manifest["label"] == 1, "path"] = "/etc/hostname"
+    manifest.to_csv(stored.directory / "manifest.csv", index=False)
+    (stored.directory / CHECKSUMS).write_text(json.dumps(_checksums(stored.directory)))  # a consistent forgery
+    with pytest.raises(RecordError, match="names /etc/hostname, outside the set"):
+        anomalies(stored.directory)  # the dashboard's gallery
+    with pytest.warns(UserWarning, match="manifest.csv names /etc/hostname, outside the set\\): generating it again"):
+        again = request_set()
+    assert not again.reused and "/etc/hostname" not in set(again.manifest["path"])
