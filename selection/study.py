@@ -76,6 +76,7 @@ def run_search(config: SearchConfig) -> SearchResult:
     else:
         failures = _run_worker_processes(config, study, run_id, completed_before)
 
+    unlogged = log_unlogged_trials(study, TrialObjective(config, evidence, features, run_id))
     trials = trials_table(study)
     if trials.empty:
         raise RuntimeError(f"study {study.study_name} has no completed trial; " + "; ".join(failures))
@@ -85,7 +86,7 @@ def run_search(config: SearchConfig) -> SearchResult:
     result = SearchResult(study.study_name, trials, best_candidate, best.number,
                           _count(study, TrialState.COMPLETE) - completed_before,
                           _compare(trials) if evidence.has_real_labels else None, failures, run_id,
-                          notes=interrupted + evidence.notes)
+                          notes=interrupted + unlogged + evidence.notes)
     _record(config, result, evidence, features)
     return result
 
@@ -130,6 +131,23 @@ class TrialObjective:
             self.evidence.validation_sets, candidate.is_control, parent_run_id=self.parent_run_id,
             tags={"kind": "trial", "optuna.study": study.study_name, "optuna.trial": str(trial.number),
                   "optuna.storage": self.storage})
+
+
+def log_unlogged_trials(study: optuna.Study, objective: TrialObjective) -> list[str]:
+    """Completed trials with no finished MLflow run (their worker was killed between Optuna's commit and
+    MLflow's run), logged now from what the study holds, any unfinished run of theirs discarded; a note each."""
+    logged = tracking.child_runs_by_tag(objective.parent_run_id, "optuna.trial")
+    notes = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        runs = logged.get(str(trial.number), [])
+        if any(run.info.status == "FINISHED" for run in runs):
+            continue
+        for run in runs:
+            tracking.discard_run(run.info.run_id)
+        objective.log_trial(study, trial)
+        notes.append(f"trial {trial.number} was completed but not logged (its worker {trial.user_attrs.get('worker')} "
+                     "ended first): logged now")
+    return notes
 
 
 def work(study: optuna.Study, objective: TrialObjective, n_trials: int, heartbeat_seconds: int,

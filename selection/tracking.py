@@ -146,6 +146,23 @@ def log_candidate(task: str, name: str, params: dict, metrics: dict[str, float],
         return run.info.run_id
 
 
+def child_runs_by_tag(parent_run_id: str, tag: str) -> dict[str, list]:
+    """The child runs of `parent_run_id`, by their value of `tag` (those without it left out)."""
+    client = MlflowClient()
+    experiment = client.get_run(parent_run_id).info.experiment_id
+    runs = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=50000)
+    grouped = {}
+    for run in runs:
+        if tag in run.data.tags:
+            grouped.setdefault(run.data.tags[tag], []).append(run)
+    return grouped
+
+
+def discard_run(run_id: str) -> None:
+    """Delete a run (MLflow keeps deleted runs until garbage-collected: nothing is lost at once)."""
+    MlflowClient().delete_run(run_id)
+
+
 @contextmanager
 def resumed_run(run_id: str):
     """The run `run_id` active again (a search's parent run, once its workers are done)."""

@@ -237,3 +237,26 @@ def test_a_storage_password_reaches_no_run_tag_artefact_report_or_page(mvtec_roo
     shown = [str(element.value) for kind in ("markdown", "caption", "info", "warning", "dataframe")
              for element in getattr(app, kind)]
     assert shown and not [text for text in shown if password in text]
+
+
+@pytest.mark.slow
+def test_a_completed_trial_its_worker_did_not_log_is_logged_once_at_the_end(mvtec_root, tmp_path, tracking_uri,
+                                                                             monkeypatch):
+    log_trial, left_unfinished = TrialObjective.log_trial, []
+
+    def killed_while_logging_trial_1(objective, study, trial):
+        if trial.number == 1 and not left_unfinished:  # the worker dies inside MLflow's run: RUNNING, no metrics
+            run = MlflowClient().create_run(
+                MlflowClient().get_run(objective.parent_run_id).info.experiment_id,
+                tags={"mlflow.parentRunId": objective.parent_run_id, "optuna.trial": "1"})
+            left_unfinished.append(run.info.run_id)
+            return
+        log_trial(objective, study, trial)
+
+    monkeypatch.setattr(TrialObjective, "log_trial", killed_while_logging_trial_1)
+    result = run_search(_config(mvtec_root, tmp_path, tracking_uri, "--trials", "3", "--no-register"))
+    assert any(note.startswith("trial 1 was completed but not logged") for note in result.notes)
+    runs = _trial_runs(result.run_id)
+    assert sorted(int(run.data.tags["optuna.trial"]) for run in runs) == [0, 1, 2]
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    assert MlflowClient().get_run(left_unfinished[0]).info.lifecycle_stage == "deleted"
