@@ -21,6 +21,7 @@ import streamlit as st
 
 from selection import promotion, records
 from selection.config import CHALLENGER, CHAMPION, DEFAULT_TRACKING_URI
+from selection.redaction import without_password
 
 TTL_SECONDS = 30
 GALLERY_PAGE = 4  # anomalies per page of a family's gallery
@@ -80,7 +81,7 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     st.set_page_config(page_title="Anomaly selection leaderboard", layout="wide", initial_sidebar_state="expanded")
     uri, ignored = arguments(sys.argv[1:])
-    st.sidebar.caption(f"MLflow store: `{uri}`")
+    st.sidebar.caption(f"MLflow store: `{without_password(uri)}`")
     if ignored:
         st.sidebar.warning(f"Ignored arguments: {' '.join(ignored)} (this page takes --tracking-uri only)")
     if st.sidebar.button("Refresh", help=f"read the store again (reads are otherwise reused for {TTL_SECONDS} s)"):
@@ -117,7 +118,7 @@ def main() -> None:
 def empty_store(uri: str) -> None:
     database = records.sqlite_path(uri)
     where = f" (no database at {database.resolve()})" if database and not database.is_file() else ""
-    st.info(f"No selection or search is recorded in `{uri}` yet{where}. Run one first, e.g.\n\n"
+    st.info(f"No selection or search is recorded in `{without_password(uri)}` yet{where}. Run one first, e.g.\n\n"
             f"```\n{FIRST_RUN}\n```\n\nthen press Refresh.")
 
 

@@ -21,6 +21,8 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 from sqlalchemy.exc import SQLAlchemyError
 
+from selection.redaction import hide_password, without_password
+
 
 # what reading a store can raise: MLflow's own errors, a database that is not one, a server that does not answer
 _READ_ERRORS = (MlflowException, SQLAlchemyError, OSError)
@@ -81,9 +83,10 @@ def parent_runs(tracking_uri: str) -> pd.DataFrame:
         runs = [run for kind in KINDS for run in _run_search(client, experiment_ids, f"tags.kind = '{kind}'")]
     except _READ_ERRORS as error:
         if tracking_uri.startswith(("http://", "https://")):
-            raise RecordError(f"cannot reach the MLflow tracking server {tracking_uri}: is it running, and is "
-                              "the address right?") from error
-        raise RecordError(f"cannot read the MLflow store {tracking_uri}: {_short(error)}") from error
+            raise RecordError(f"cannot reach the MLflow tracking server {without_password(tracking_uri)}: is it "
+                              "running, and is the address right?") from error
+        raise RecordError(f"cannot read the MLflow store {without_password(tracking_uri)}: "
+                          f"{hide_password(_short(error), tracking_uri)}") from error
     return _runs_frame(runs)
 
 
@@ -402,7 +405,8 @@ def model_versions(tracking_uri: str, task: str) -> pd.DataFrame:
         versions = list(client.search_model_versions(f"tags.task = '{task}'"))
         aliases = {name: client.get_registered_model(name).aliases for name in {v.name for v in versions}}
     except _READ_ERRORS as error:
-        raise RecordError(f"cannot read the model registry of {tracking_uri}: {_short(error)}") from error
+        raise RecordError(f"cannot read the model registry of {without_password(tracking_uri)}: "
+                          f"{hide_password(_short(error), tracking_uri)}") from error
     rows = []
     for version in versions:
         held = sorted(alias for alias, number in aliases[version.name].items() if str(number) == str(version.version))

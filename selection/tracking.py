@@ -9,7 +9,6 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 import pandas as pd
@@ -20,6 +19,7 @@ from mlflow.data.dataset_source_registry import resolve_dataset_source
 from selection.config import DEFAULT_TRACKING_URI
 from selection.environment import temporary_environment
 from selection.processes import ended_on_this_host, this_process
+from selection.redaction import hide_password, without_password
 from selection.report import Report
 from selection.validation_set import ValidationSet
 
@@ -38,10 +38,7 @@ def configure(tracking_uri: str | None, experiment: str) -> str:
               _creating_alone(database)):
             mlflow.set_experiment(experiment)
     except Exception as error:  # whatever the store's client raises: connection, authentication, database
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        password = urlsplit(uri).password
-        if password:
-            message = message.replace(password, "***")
+        message = hide_password(str(error).splitlines()[0] if str(error) else type(error).__name__, uri)
         raise ValueError(f"cannot use the MLflow store {without_password(uri)}: {message}") from None
     return uri
 
@@ -81,15 +78,6 @@ def end_interrupted_runs(experiment: str) -> list[str]:
         notes.append(f"run {run.info.run_id} ({run.info.run_name}) was left RUNNING by process {owner}, which no "
                      "longer exists: marked KILLED")
     return notes
-
-
-def without_password(uri: str) -> str:
-    """`uri` with any password replaced by ***, for messages, tags and logs."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def as_mlflow_dataset(validation_set: ValidationSet, task: str):

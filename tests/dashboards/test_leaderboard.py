@@ -182,4 +182,9 @@ def test_the_page_reads_a_tracking_server_as_it_reads_the_local_store(filled_sto
         local = page(filled_store.uri)
         pd.testing.assert_frame_equal(over_http.dataframe[0].value, local.dataframe[0].value)
         registry = page(server, section="Registry").dataframe[0].value
+        with_password = page(server.replace("http://", "http://viewer:pw-never-shown@"))  # the server ignores it
+        assert "viewer:***@" in texts(with_password) and "pw-never-shown" not in texts(with_password)
+        pd.testing.assert_frame_equal(with_password.dataframe[0].value, local.dataframe[0].value)
+    stopped = page(server.replace("http://", "http://viewer:pw-never-shown@"))
+    assert stopped.error and "pw-never-shown" not in texts(stopped)
     assert list(registry["version"]) == [2, 1] and set(registry["aliases"]) >= {CHAMPION}
