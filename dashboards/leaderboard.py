@@ -178,8 +178,10 @@ def leaderboard_table(board: records.Leaderboard) -> None:
     config = {"synthetic_rank": st.column_config.NumberColumn("synthetic rank", format="%d"),
               "candidate": st.column_config.TextColumn("candidate", pinned=True),
               "role": st.column_config.TextColumn("role", help="pretrained, negative control or score ensemble"),
-              "mark": st.column_config.TextColumn("mark", help="the pick, the prior and the synthetic winner",
-                                                  width="medium"),
+              "mark": st.column_config.TextColumn("mark", help="the pick, the prior and the synthetic winner; a "
+                                                  "trained detector judged on its own training family", width="medium"),
+              "trained_on": st.column_config.TextColumn(
+                  "trained on", help="the generator family a trained detector (VLAD) learned from"),
               **{f"synthetic_auroc/{family}": auroc_column(f"synthetic AUROC: {family}") for family in board.families},
               "synthetic_auroc": auroc_column("synthetic AUROC: mean", "mean over the families; ranks the candidates"),
               "real_auroc": auroc_column("real AUROC", "on the task's real labels: reported, never used to pick"),
@@ -190,7 +192,7 @@ def leaderboard_table(board: records.Leaderboard) -> None:
               "rank_change": st.column_config.NumberColumn(
                   "rank change", format="%+d", help="synthetic rank minus real rank: above 0, real labels rank it higher")}
     # the verdict's columns first, the per-family detail after: the table is wider than most screens
-    order = ["candidate", "role", "mark", "synthetic_auroc", "real_auroc", "synthetic_rank", "real_rank",
+    order = ["candidate", "role", "mark", "trained_on", "synthetic_auroc", "real_auroc", "synthetic_rank", "real_rank",
              "rank_change", *pixel_columns, *[f"synthetic_{metric}/{family}" for metric in ("auroc", *PIXEL_METRICS)
                                               for family in board.families]]
     st.dataframe(board.table, hide_index=True, column_config=config, key="leaderboard", height="content",

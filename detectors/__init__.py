@@ -11,6 +11,7 @@ from detectors.interface import Detector, Localiser, load_detector
 from detectors.knn import DeepKNN, scores_from_features
 from detectors.ensemble import ScoreEnsemble
 from detectors.patchcore import PatchCore
+from detectors.vlad import VLAD
 
 __all__ = [
     "ClipDetector",
@@ -21,6 +22,7 @@ __all__ = [
     "Localiser",
     "PatchCore",
     "ScoreEnsemble",
+    "VLAD",
     "create_backbone",
     "image_digest",
     "list_backbones",

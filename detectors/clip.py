@@ -31,7 +31,7 @@ from detectors.banked import load_banked, save_banked
 from detectors.clip_backbone import CLIP_PREFIX
 from detectors.features import FeatureCache, ScoresThroughFeatures
 from detectors.interface import register_format
-from detectors.maps import anomaly_maps, check_one_size
+from detectors.maps import ScoresAndMaps, anomaly_maps, check_one_size
 from detectors.patchcore import nearest_neighbours
 
 _FORMAT = "clip/1"
@@ -40,7 +40,7 @@ LOGIT_SCALE = 100.0  # CLIP's learned temperature, as SWSA and WinCLIP apply it
 IMAGE_BATCH = 32
 
 
-class ClipDetector(ScoresThroughFeatures):
+class ClipDetector(ScoresThroughFeatures, ScoresAndMaps):
     """Zero- or few-shot CLIP detector (see the module docstring). `features` is an optional shared
     FeatureCache, not a hyper-parameter."""
 
@@ -82,14 +82,6 @@ class ClipDetector(ScoresThroughFeatures):
         else:
             self.bank_ = np.zeros((0, self.text_.shape[1]), dtype=np.float32)
         return self
-
-    def anomaly_scores(self, images) -> np.ndarray:
-        """(N,) anomaly scores in [0, 1], higher = more anomalous."""
-        return self.scores_and_maps(images, maps=False)[0]
-
-    def anomaly_maps(self, images) -> np.ndarray:
-        """(N, H, W) float32 anomaly maps of `images`, which must share one size H x W."""
-        return self.scores_and_maps(images, maps=True)[1]
 
     def scores_and_maps(self, images, maps: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         if not hasattr(self, "text_"):

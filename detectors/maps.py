@@ -29,3 +29,14 @@ def check_one_size(images: list[np.ndarray]) -> None:
     sizes = sorted({tuple(np.shape(image)[:2]) for image in images})
     if len(sizes) > 1:
         raise ValueError(f"anomaly maps need images of one size, got sizes {', '.join(map(str, sizes))}")
+
+
+class ScoresAndMaps:
+    """`anomaly_scores` and `anomaly_maps` for a detector whose `scores_and_maps(images, maps)` computes both
+    from one pass: (N,) scores, higher = more anomalous; (N, H, W) float32 maps at the images' shared size."""
+
+    def anomaly_scores(self, images) -> np.ndarray:
+        return self.scores_and_maps(images, maps=False)[0]
+
+    def anomaly_maps(self, images) -> np.ndarray:
+        return self.scores_and_maps(images, maps=True)[1]

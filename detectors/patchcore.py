@@ -76,7 +76,7 @@ from detectors.backbones import backbone_layers, backbone_weights
 from detectors.banked import load_banked, save_banked
 from detectors.features import FeatureCache, ScoresThroughFeatures
 from detectors.interface import register_format
-from detectors.maps import anomaly_maps, check_one_size
+from detectors.maps import ScoresAndMaps, anomaly_maps, check_one_size
 
 _FORMAT = "patchcore/1"
 PROJECTION_DIM = 128
@@ -93,7 +93,7 @@ ENGINE_NOTE = (
 )
 
 
-class PatchCore(ScoresThroughFeatures):
+class PatchCore(ScoresThroughFeatures, ScoresAndMaps):
     """PatchCore anomaly detector with anomaly maps (see the module docstring for the method and defaults).
 
     `features` is an optional shared FeatureCache (as for DeepKNN): detectors that share it compute each
@@ -143,15 +143,6 @@ class PatchCore(ScoresThroughFeatures):
             patches = patches[cached_coreset(patches, size, self.seed, directory)]
         self.bank_ = np.ascontiguousarray(patches, dtype=np.float32)
         return self
-
-    def anomaly_scores(self, images) -> np.ndarray:
-        """(N,) anomaly scores of `images` (uint8 HxWx3 arrays): the largest patch score of each (eq. 7
-        reweighted if `reweight`), higher = more anomalous."""
-        return self.scores_and_maps(images, maps=False)[0]
-
-    def anomaly_maps(self, images) -> np.ndarray:
-        """(N, H, W) float32 anomaly maps of `images`, which must share one size H x W."""
-        return self.scores_and_maps(images, maps=True)[1]
 
     def scores_and_maps(self, images, maps: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """The image scores (N,) and, if `maps`, the anomaly maps (N, H, W) float32, from one search."""

@@ -19,7 +19,8 @@ OFFLINE_BACKBONES = ("mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1",
 DEFAULT_CLIP_MODEL = "clip:ViT-B-16-plus-240@laion400m_e31"  # SWSA's and WinCLIP's (from the hub on first use)
 LAYERS = ("last", "mid")
 ENSEMBLES = ("none", "pretrained", "standard", *LAYERS)  # which candidates a score ensemble joins (ensemble_candidate)
-BUILT_IN_KINDS = {"knn": "selection.kinds.knn", "patchcore": "selection.kinds.patchcore", "clip": "selection.kinds.clip"}  # name -> module that registers it
+BUILT_IN_KINDS = {"knn": "selection.kinds.knn", "patchcore": "selection.kinds.patchcore",  # name -> its module
+                  "clip": "selection.kinds.clip", "vlad": "selection.kinds.vlad"}
 
 
 class Candidate(Protocol):

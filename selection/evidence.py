@@ -19,6 +19,10 @@ from selection.validation_set import ValidationSet, build_validation_set
 from selection.working_size import to_working_size, working_size
 
 
+TRAINING_FAMILY = "family"  # the candidate parameter naming the generator a trained detector learned from
+TRAINED_ON = "trained_on"  # its leaderboard column
+
+
 @dataclass
 class Evidence:
     task: Task
@@ -197,6 +201,8 @@ def _scored(candidate, detector, scores: dict[str, np.ndarray], real_scores: np.
             evidence: Evidence) -> ScoredCandidate:
     row = {"candidate": candidate.name, "control": candidate.is_control,
            "ensemble": isinstance(candidate, EnsembleCandidate)}
+    if TRAINING_FAMILY in candidate.params:  # a detector trained on generated anomalies (VLAD)
+        row[TRAINED_ON] = candidate.params[TRAINING_FAMILY]
     for vs in evidence.validation_sets:
         row[f"synthetic_auroc/{vs.generator}"] = auroc(vs.labels, scores[vs.generator], f"synthetic set {vs.generator}")
     row["synthetic_auroc"] = float(np.mean([row[f"synthetic_auroc/{vs.generator}"] for vs in evidence.validation_sets]))

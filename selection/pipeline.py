@@ -12,7 +12,8 @@ from selection.candidates import Candidate, EnsembleCandidate, ensemble_candidat
 from selection.config import SelectionConfig
 from selection.confidence import Decision, decide, load_calibration
 from selection.report import Report
-from selection.evidence import ScoredCandidate, check_candidates, gather_evidence, score_candidate, score_ensemble
+from selection.evidence import (TRAINED_ON, ScoredCandidate, check_candidates, gather_evidence, score_candidate,
+                                score_ensemble)
 from selection.scoring import RankingComparison, compare_rankings
 from selection.tasks import Task
 from selection.validation_set import ValidationSet
@@ -196,6 +197,17 @@ def pixel_metrics_note(leaderboard: pd.DataFrame) -> str:
             "(no maps) have image metrics only")
 
 
+def own_family_notes(leaderboard: pd.DataFrame, generators: list[str]) -> list[str]:
+    """For detectors trained on generated anomalies: which of them a synthetic set of their own training
+    family also judges (there they meet anomalies of the kind they learned: an optimistic score)."""
+    if TRAINED_ON not in leaderboard:
+        return []
+    trained = leaderboard.dropna(subset=[TRAINED_ON])
+    return [f"{len(own)} candidate(s) trained on {family} anomalies are also judged on the {family} set, where "
+            "they meet anomalies of the kind they learned: their score there is optimistic"
+            for family in generators if len(own := trained[trained[TRAINED_ON] == family])]
+
+
 def _tau_text(tau: float, p_value: float) -> str:
     if tau != tau:  # NaN: scipy's answer when one ranking is constant
         return "Kendall tau-b undefined (every candidate scored the same)"
@@ -219,6 +231,7 @@ def selection_report(result: SelectionResult) -> Report:
                      f"{vs.rejected} invisible draws rejected; "
                      f"{'pixel masks' if vs.has_masks else 'image labels only, no pixel masks'})")
     lines.append(pixel_metrics_note(result.leaderboard))
+    lines += own_family_notes(result.leaderboard, [vs.generator for vs in result.validation_sets])
     decision = result.decision
     lines.append(f"synthetic winner: {decision.winner}"
                  + ("" if decision.runner_up_confidence is None else

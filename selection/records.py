@@ -155,13 +155,15 @@ def leaderboard(tracking_uri: str, run_id: str) -> Leaderboard:
     table = pd.read_csv(io.StringIO(text))
     pick, winner, prior = tags.get("pick", ""), tags.get("synthetic_winner", ""), tags.get("prior", "none")
     table.insert(1, "role", np.select([table["control"], table["ensemble"]], ["control", "ensemble"], "pretrained"))
-    marks = {name: ", ".join(label for label, marked in (("pick", name == pick), ("prior", name == prior),
-                                                          ("synthetic winner", name == winner)) if marked)
-             for name in table["candidate"]}
+    families = [column.split("/", 1)[1] for column in table.columns if column.startswith("synthetic_auroc/")]
+    trained_on = table["trained_on"] if "trained_on" in table else pd.Series("", index=table.index)
+    marks = {name: ", ".join(label for label, marked in (
+        ("pick", name == pick), ("prior", name == prior), ("synthetic winner", name == winner),
+        (f"judged on its training family {family}", family in families)) if marked)
+        for name, family in zip(table["candidate"], trained_on.fillna(""))}
     table.insert(2, "mark", table["candidate"].map(marks))
     if "real_rank" in table:
         table["rank_change"] = table["synthetic_rank"] - table["real_rank"]
-    families = [column.split("/", 1)[1] for column in table.columns if column.startswith("synthetic_auroc/")]
     return Leaderboard(table.drop(columns=["control", "ensemble"]), families, pick, winner, prior)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.exceptions import NotFittedError
 
-from detectors import ClipDetector, DeepKNN, FeatureCache, Localiser, PatchCore, ScoreEnsemble, load_detector
+from detectors import ClipDetector, DeepKNN, FeatureCache, Localiser, PatchCore, ScoreEnsemble, VLAD, load_detector
 from detectors.interface import list_formats
 from tiny_models import register_tiny_clip
 
@@ -20,9 +20,10 @@ SINGLE = {  # format -> hyper-parameters of a fast configuration
     # a toy CLIP with random weights: its text scores mean nothing, so the visual memory carries the contract
     "clip/1": {"backbone": f"clip:{register_tiny_clip()}", "weights": "random", "normal_prompts": ["a photo of a thing."],
                "anomalous_prompts": ["a photo of a damaged thing."], "few_shot": True, "visual_weight": 0.9},
+    "vlad/1": {"backbone": "mobilenet_v2", "weights": "imagenet", "layers": ["mid", "last"], "epochs": 2, "memory": 500},
 }
 COMBINED = {"score_ensemble/1"}
-LOCALISING = {"patchcore/1", "clip/1"}  # the kinds with anomaly maps
+LOCALISING = {"patchcore/1", "clip/1", "vlad/1"}  # the kinds with anomaly maps
 SIZE = 48
 
 
@@ -51,7 +52,7 @@ def _build(name: str, features: FeatureCache):
 
 
 def _detector_class(name: str):
-    return {"deep_knn/1": DeepKNN, "patchcore/1": PatchCore, "clip/1": ClipDetector}[name]
+    return {"deep_knn/1": DeepKNN, "patchcore/1": PatchCore, "clip/1": ClipDetector, "vlad/1": VLAD}[name]
 
 
 def test_every_registered_kind_is_under_contract():

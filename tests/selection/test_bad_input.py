@@ -72,7 +72,7 @@ USAGE = {  # option -> argparse's message (exit 2, before anything is read)
                                                               r"UTF-8, and MLflow records it as text: rename it"),
     "task folder not UTF-8": (["--task", f"folder:{NON_UTF8}"], r"argument --task: b'folder:bad\\xffname' is not valid"),
     "unknown generator": (["--generators", "cutpaste,foo"], r"argument --generators: unknown generator 'foo'; known: "),
-    "unknown detector kind": (["--detectors", "vlad"], r"error: unknown detector kind vlad; known: clip, knn, patchcore"),
+    "unknown detector kind": (["--detectors", "svdd"], r"error: unknown detector kind svdd; known: clip, knn, patchcore, vlad"),
 }
 
 

@@ -19,9 +19,9 @@ POOL = CandidatePool(backbones=("mobilenet_v2", "efficientnet_lite0"), layers=("
 
 
 def test_every_kind_is_registered_and_an_unknown_one_is_named():
-    assert list_kinds() == ["clip", "knn", "patchcore"]
-    with pytest.raises(ValueError, match="unknown detector kind 'vlad'; known: clip, knn, patchcore"):
-        get_kind("vlad")
+    assert list_kinds() == ["clip", "knn", "patchcore", "vlad"]
+    with pytest.raises(ValueError, match="unknown detector kind 'svdd'; known: clip, knn, patchcore, vlad"):
+        get_kind("svdd")
 
 
 def test_patchcore_defaults_are_the_standard_configuration_per_backbone_with_one_random_twin_as_control():
