@@ -67,6 +67,8 @@ class _Heads(nn.Module):
 class VLAD(ScoresThroughFeatures, ScoresAndMaps):
     """VLAD in prototype mode (see the module docstring). `features` is an optional shared FeatureCache."""
 
+    trained_in_epochs = True  # fit takes on_epoch: a search reports each epoch and may prune
+
     def __init__(self, backbone: str = "mobilenet_v2", weights: str = "imagenet", layers=NETWORK_LAYERS,
                  dim: int = 128, family: str = "cutpaste", n_anomalies: int | None = None, epochs: int = 20,
                  lr: float = 1e-3, omega: float = 6.0, beta: float = 1.0, memory: int = 10_000, seed: int = 0,
@@ -185,7 +187,8 @@ class VLAD(ScoresThroughFeatures, ScoresAndMaps):
         maps = []
         for stage, grid in enumerate(grids):
             adapted = self.heads_.adapt(stage, grid)
-            similarity = torch.cat([chunk @ self.memory_[stage].T for chunk in adapted.reshape(-1, self.dim).split(4096)])
+            patches = adapted.reshape(-1, self.dim)
+            similarity = torch.cat([chunk @ self.memory_[stage].T for chunk in patches.split(4096)])
             maps.append(_to_grid((1 - similarity.amax(dim=1)).reshape(adapted.shape[:3]), size))
         return torch.stack(maps).mean(dim=0)
 

@@ -61,6 +61,9 @@ class SelectionConfig:
         return default_candidates(self.candidate_pool(), self.detectors)
 
 
+PRUNERS = ("median", "hyperband", "none")
+
+
 @dataclass
 class SearchConfig:
     selection: SelectionConfig = field(default_factory=SelectionConfig)
@@ -70,6 +73,7 @@ class SearchConfig:
     storage: str | None = None  # an SQLAlchemy URL; default DEFAULT_STORAGE
     study_name: str | None = None  # default: task, space and the synthetic evidence's digest
     heartbeat_seconds: int = 10  # a trial without a heartbeat for 3x this long is marked failed
+    pruner: str = "median"  # one of PRUNERS: stops trials of detectors trained in epochs (VLAD) that lag
 
     @property
     def storage_url(self) -> str:

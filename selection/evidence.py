@@ -137,9 +137,15 @@ class ScoredCandidate:
     real_scores: np.ndarray | None = None  # anomaly scores on the real validation set, where the task has one
 
 
-def score_candidate(candidate: Candidate, evidence: Evidence, features: FeatureCache) -> ScoredCandidate:
-    """The candidate fitted on the bank and scored on every synthetic set and, with real labels, the real set."""
-    detector = candidate.detector(features).fit(evidence.bank)
+def score_candidate(candidate: Candidate, evidence: Evidence, features: FeatureCache,
+                    on_epoch=None) -> ScoredCandidate:
+    """The candidate fitted on the bank and scored on every synthetic set and, with real labels, the real set.
+    `on_epoch(epoch, detector)` reaches the fit of detectors trained in epochs (VLAD), after each epoch."""
+    detector = candidate.detector(features)
+    if on_epoch is not None and getattr(detector, "trained_in_epochs", False):
+        detector.fit(evidence.bank, on_epoch=on_epoch)
+    else:
+        detector.fit(evidence.bank)
     scores, pixel_metrics = {}, {}
     for vs in evidence.validation_sets:
         scores[vs.generator], pixel_metrics[f"synthetic/{vs.generator}"] = _score_set(
@@ -152,6 +158,12 @@ def score_candidate(candidate: Candidate, evidence: Evidence, features: FeatureC
     scored = _scored(candidate, detector, scores, real_scores, evidence)
     scored.row.update(_pixel_columns(pixel_metrics))
     return scored
+
+
+def synthetic_auroc(detector: Detector, evidence: Evidence) -> float:
+    """The detector's mean image AUROC over the synthetic sets."""
+    return float(np.mean([auroc(vs.labels, detector.anomaly_scores(evidence.synthetic_images[vs.generator]),
+                                f"synthetic set {vs.generator}") for vs in evidence.validation_sets]))
 
 
 def _score_set(detector: Detector, images, masks: np.ndarray | None, set_name: str) -> tuple[np.ndarray, dict]:

@@ -4,7 +4,7 @@ synthetic validation set, with its trials in MLflow and the best one promoted li
 import argparse
 import sys
 
-from selection.config import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, SearchConfig
+from selection.config import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, PRUNERS, SearchConfig
 from selection.run import add_selection_arguments, integer_option, selection_config
 from selection.search_space import list_search_spaces
 
@@ -18,7 +18,7 @@ def parse_args(argv=None) -> SearchConfig:
     add_selection_arguments(parser)
     parser.add_argument("--space", default="knn", choices=list_search_spaces(), help="search space (default knn)")
     parser.add_argument("--trials", type=integer_option(1), default=50,
-                        help="completed trials the study should have in total, over all workers and resumptions "
+                        help="finished (completed or pruned) trials the study should have in total, over all workers and resumptions "
                              "(default 50)")
     parser.add_argument("--workers", type=integer_option(1), default=1, help="worker processes on this machine (default 1)")
     parser.add_argument("--storage", help=f"Optuna storage URL, e.g. postgresql://user:pass@host/db "
@@ -26,10 +26,13 @@ def parse_args(argv=None) -> SearchConfig:
     parser.add_argument("--study-name", help="default: <task>/<space>/<synthetic set digest>")
     parser.add_argument("--heartbeat-seconds", type=integer_option(1), default=10,
                         help="trial heartbeat; a trial silent for 3x this long is marked failed (default 10)")
+    parser.add_argument("--pruner", choices=PRUNERS, default="median",
+                        help="stops trials whose synthetic AUROC lags after an epoch, for detectors trained in "
+                             "epochs (VLAD): Optuna's median or Hyperband pruner, or none (default median)")
     args = vars(parser.parse_args(argv))
     return SearchConfig(selection=selection_config(args), space=args["space"], n_trials=args["trials"],
                         workers=args["workers"], storage=args["storage"], study_name=args["study_name"],
-                        heartbeat_seconds=args["heartbeat_seconds"])
+                        heartbeat_seconds=args["heartbeat_seconds"], pruner=args["pruner"])
 
 
 def main(argv=None) -> int:

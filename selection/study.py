@@ -26,7 +26,8 @@ from detectors import FeatureCache
 from selection import registry, tracking
 from selection.candidates import Candidate, default_candidates, largest_pretrained
 from selection.environment import temporary_environment
-from selection.evidence import Evidence, check_candidates, evidence_digest, gather_evidence, score_candidate
+from selection.evidence import (Evidence, check_candidates, evidence_digest, gather_evidence, score_candidate,
+                                synthetic_auroc)
 from selection.config import SearchConfig, SelectionConfig
 from selection.confidence import Decision, decide
 from selection.scoring import RankingComparison, compare_rankings
@@ -35,6 +36,8 @@ from selection.search_space import SpaceBounds, get_search_space
 
 RUN_ID_ATTR = "mlflow_run_id"
 DIGEST_ATTR = "evidence_digest"
+SURPLUS = "surplus"  # user attribute of a trial stopped because the study already had its total
+PRUNER_STARTUP = 5  # trials the median pruner lets finish before it compares
 # selection settings a search does not use (its trials choose k; it ranks no controls, ensembles or prior)
 _NOT_SEARCH_PARAMS = ("tracking_uri", "store", "feature_dir", "k", "controls", "ensemble", "prior")
 
@@ -65,16 +68,16 @@ def run_search(config: SearchConfig) -> SearchResult:
     interrupted = tracking.end_interrupted_runs(selection.experiment)
     evidence = gather_evidence(selection)
     study, run_id = _open_study(config, evidence)
-    completed_before = _count(study, TrialState.COMPLETE)
+    completed_before, finished_before = _count(study, TrialState.COMPLETE), _finished(study)
 
     if config.workers == 1:
         objective = TrialObjective(config, evidence, features, run_id)
-        with progress(total=config.n_trials, initial=completed_before, desc="trials") as bar:
+        with progress(total=config.n_trials, initial=finished_before, desc="trials") as bar:
             work(study, objective, config.n_trials, config.heartbeat_seconds,
-                 on_trial=lambda _study, _trial: bar.update(_count(study, TrialState.COMPLETE) - bar.n))
+                 on_trial=lambda _study, _trial: bar.update(_finished(study) - bar.n))
         failures = []
     else:
-        failures = _run_worker_processes(config, study, run_id, completed_before)
+        failures = _run_worker_processes(config, study, run_id, finished_before)
 
     unlogged = log_unlogged_trials(study, TrialObjective(config, evidence, features, run_id))
     trials = trials_table(study)
@@ -111,26 +114,44 @@ class TrialObjective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         if _trials_ahead(trial) >= self.n_trials:
+            trial.set_user_attr(SURPLUS, True)
             raise optuna.TrialPruned(f"over the study's total of {self.n_trials} trials")
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         candidate = self.space(trial, self.bounds)
-        row = score_candidate(candidate, self.evidence, self.features).row
         trial.set_user_attr("candidate", candidate.name)
+        row = score_candidate(candidate, self.evidence, self.features, on_epoch=self._report_to(trial)).row
         for key, value in row.items():
             if "auroc" in key:
                 trial.set_user_attr(key, value)
         return row["synthetic_auroc"]
 
+    def _report_to(self, trial: optuna.Trial):
+        """For detectors trained in epochs: after each, the synthetic AUROC reported to the trial, which the
+        study's pruner may stop."""
+        def report(epoch: int, detector) -> None:
+            value = synthetic_auroc(detector, self.evidence)
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"synthetic AUROC {value:.4f} after epoch {epoch + 1}")
+        return report
+
     def log_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if trial.state != TrialState.COMPLETE:
+        """A completed trial as an MLflow child run with its metrics; a pruned one with its last reported
+        synthetic AUROC, tagged pruned."""
+        if trial.state == TrialState.COMPLETE:
+            metrics, state = {key: value for key, value in trial.user_attrs.items() if "auroc" in key}, {}
+        elif trial.state == TrialState.PRUNED and trial.intermediate_values:
+            epoch = max(trial.intermediate_values)
+            metrics = {"synthetic_auroc": trial.intermediate_values[epoch]}
+            state = {"optuna.state": "pruned", "pruned_after_epochs": str(epoch + 1)}
+        else:
             return
         candidate = self.space(optuna.trial.FixedTrial(trial.params), self.bounds)
-        metrics = {key: value for key, value in trial.user_attrs.items() if "auroc" in key}
         tracking.log_candidate(
             self.evidence.task.name, f"trial {trial.number} {candidate.name}", candidate.params, metrics,
             self.evidence.validation_sets, candidate.is_control, parent_run_id=self.parent_run_id,
             tags={"kind": "trial", "optuna.study": study.study_name, "optuna.trial": str(trial.number),
-                  "optuna.storage": self.storage})
+                  "optuna.storage": self.storage, **state})
 
 
 def log_unlogged_trials(study: optuna.Study, objective: TrialObjective) -> list[str]:
@@ -152,14 +173,14 @@ def log_unlogged_trials(study: optuna.Study, objective: TrialObjective) -> list[
 
 def work(study: optuna.Study, objective: TrialObjective, n_trials: int, heartbeat_seconds: int,
          on_trial=None) -> None:
-    """One worker's loop: run trials until the study has `n_trials` completed ones."""
+    """One worker's loop: run trials until the study has `n_trials` finished ones (completed or pruned)."""
     callbacks = [objective.log_trial] + ([on_trial] if on_trial else [])
     while True:
         _fail_stale_trials(study)
-        completed, running = _count(study, TrialState.COMPLETE), _count(study, TrialState.RUNNING)
-        if completed >= n_trials:
+        finished, running = _finished(study), _count(study, TrialState.RUNNING)
+        if finished >= n_trials:
             return
-        if completed + running >= n_trials:  # the rest is running elsewhere; take over if one of them dies
+        if finished + running >= n_trials:  # the rest is running elsewhere; take over if one of them dies
             time.sleep(min(1.0, heartbeat_seconds))
             continue
         study.optimize(objective, n_trials=1, callbacks=callbacks)
@@ -221,11 +242,12 @@ def _open_study(config: SearchConfig, evidence: Evidence) -> tuple[optuna.Study,
     digest = evidence_digest(evidence.validation_sets)
     name = config.study_name or default_study_name(evidence.task.name, config.space, digest)
     storage = open_storage(config.storage_url, config.heartbeat_seconds)
-    sampler = optuna.samplers.TPESampler(seed=config.selection.seed)
+    sampler, pruner = optuna.samplers.TPESampler(seed=config.selection.seed), make_pruner(config.pruner)
     try:
-        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="maximize")
+        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
+                                    direction="maximize")
     except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
         if study.user_attrs.get(DIGEST_ATTR, digest) != digest:
             raise ValueError(f"study {name!r} was scored on other synthetic evidence "
                              f"({study.user_attrs[DIGEST_ATTR]}, now {digest}): give another --study-name")
@@ -260,7 +282,7 @@ class _WorkerJob:
     torch_threads: int
 
 
-def _run_worker_processes(config: SearchConfig, study: optuna.Study, run_id: str, completed_before: int) -> list[str]:
+def _run_worker_processes(config: SearchConfig, study: optuna.Study, run_id: str, finished_before: int) -> list[str]:
     threads = max(1, (os.cpu_count() or 1) // config.workers)
     context = multiprocessing.get_context("spawn")  # no forked torch or database state
     processes = [context.Process(target=_worker_main, name=f"search-worker-{i}",
@@ -272,10 +294,10 @@ def _run_worker_processes(config: SearchConfig, study: optuna.Study, run_id: str
     with temporary_environment(TQDM_DISABLE="1", **thread_limits):
         for process in processes:
             process.start()
-    with progress(total=config.n_trials, initial=completed_before, desc=f"trials ({config.workers} workers)") as bar:
+    with progress(total=config.n_trials, initial=finished_before, desc=f"trials ({config.workers} workers)") as bar:
         while any(process.is_alive() for process in processes):
             time.sleep(1)
-            bar.update(_count(study, TrialState.COMPLETE) - bar.n)
+            bar.update(_finished(study) - bar.n)
     return [f"worker {p.name} (pid {p.pid}) exited with code {p.exitcode}; its trial, if any, was marked failed"
             for p in processes if p.exitcode != 0]
 
@@ -288,7 +310,7 @@ def _worker_main(job: _WorkerJob) -> None:
     features = FeatureCache(device=selection.device, directory=selection.feature_dir)
     evidence = gather_evidence(selection)  # the launcher stored the synthetic sets: this reads them
     sampler = optuna.samplers.TPESampler(seed=selection.seed + 1 + job.index)  # workers must not draw alike
-    study = optuna.load_study(study_name=job.study_name, sampler=sampler,
+    study = optuna.load_study(study_name=job.study_name, sampler=sampler, pruner=make_pruner(job.config.pruner),
                               storage=open_storage(job.config.storage_url, job.config.heartbeat_seconds))
     work(study, TrialObjective(job.config, evidence, features, job.run_id), job.config.n_trials,
          job.config.heartbeat_seconds)
@@ -298,10 +320,29 @@ def _count(study: optuna.Study, state: TrialState) -> int:
     return len(study.get_trials(deepcopy=False, states=(state,)))
 
 
+def _finished(study: optuna.Study) -> int:
+    """Trials that count toward the study's total: completed, and pruned for lagging (not for surplus)."""
+    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+               if not t.user_attrs.get(SURPLUS))
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    """Optuna's pruner by name (config.PRUNERS): the median one waits for PRUNER_STARTUP trials and judges from
+    the second epoch on."""
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ValueError(f"unknown pruner {name!r}; known: median, hyperband, none")
+
+
 def _trials_ahead(trial: optuna.Trial) -> int:
-    """Completed trials, and running ones that started before this one: the trials that count first."""
-    others = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-    return sum(1 for t in others if t.state == TrialState.COMPLETE or t.number < trial.number)
+    """Finished trials, and running ones that started before this one: the trials that count first."""
+    others = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+    return sum(1 for t in others if not t.user_attrs.get(SURPLUS)
+               and (t.state != TrialState.RUNNING or t.number < trial.number))
 
 
 def _fail_stale_trials(study: optuna.Study) -> None:

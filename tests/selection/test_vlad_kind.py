@@ -73,3 +73,33 @@ def test_the_vlad_space_is_searched(mvtec_root, tracking_uri, tmp_path):
                          f"sqlite:///{tmp_path / 'optuna.db'}", "--no-register"])
     result = run_search(config)
     assert result.new_trials == 3 and all(name.startswith("vlad/") for name in result.trials["candidate"])
+
+
+@pytest.mark.slow
+def test_a_lagging_vlad_trial_reports_each_epoch_is_pruned_and_marked_in_mlflow(mvtec_root, tracking_uri, tmp_path):
+    from mlflow import MlflowClient
+
+    from detectors import FeatureCache
+    from selection.evidence import gather_evidence
+    from selection.study import TrialObjective
+
+    config = parse_args(["--task", "mvtec/bottle", "--data-root", str(mvtec_root), "--max-support", "60",
+                         "--max-validation", "30", "--n-anomalies", "20", "--backbones", "mobilenet_v2",
+                         "--generators", "cutpaste", "--space", "vlad", "--tracking-uri", tracking_uri,
+                         "--store", str(tmp_path / "synthetic")])
+    mlflow.set_experiment("vlad-pruning")
+    with mlflow.start_run() as parent:
+        pass
+    objective = TrialObjective(config, gather_evidence(config.selection), FeatureCache(), parent.info.run_id)
+    # a bar no detector reaches after its second epoch: every trial reports, then is pruned
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.01, n_warmup_steps=1),
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial({"backbone": "mobilenet_v2", "family": "perlin", "stages": "mid+last", "epochs": 10,
+                         "lr": 1e-3, "omega": 6.0, "beta": 1.0, "memory": 2000})
+    study.optimize(objective, n_trials=1, callbacks=[objective.log_trial])
+    (trial,) = study.trials
+    assert trial.state == optuna.trial.TrialState.PRUNED and sorted(trial.intermediate_values) == [0, 1]
+    assert all(0.5 < value <= 1 for value in trial.intermediate_values.values())  # synthetic AUROC per epoch
+    (run,) = MlflowClient().search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert run.data.tags["optuna.state"] == "pruned" and run.data.tags["pruned_after_epochs"] == "2"
+    assert run.data.metrics["synthetic_auroc"] == pytest.approx(trial.intermediate_values[1])
