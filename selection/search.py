@@ -18,8 +18,8 @@ def parse_args(argv=None) -> SearchConfig:
     add_selection_arguments(parser)
     parser.add_argument("--space", default="knn", choices=list_search_spaces(), help="search space (default knn)")
     parser.add_argument("--trials", type=integer_option(1), default=50,
-                        help="finished (completed or pruned) trials the study should have in total, over all workers and resumptions "
-                             "(default 50)")
+                        help="finished (completed or pruned) trials the study should have in total, over all "
+                             "workers and resumptions (default 50)")
     parser.add_argument("--workers", type=integer_option(1), default=1, help="worker processes on this machine (default 1)")
     parser.add_argument("--storage", help=f"Optuna storage URL, e.g. postgresql://user:pass@host/db "
                                           f"(default {DEFAULT_STORAGE})")
