@@ -1,7 +1,7 @@
 """Nothing loaded from a store can run code. A pickle that would create a file when unpickled is planted where
 an artefact is expected: a feature-cache entry, a coreset, a DiffStyle inversion (each then treated as
-damaged and computed again), a saved detector's bank or text features, a backbone's weights, a registered
-model's artefacts (each refused with a short error). The file is never created."""
+damaged and computed again), a saved detector's bank, text features or trained weights, a backbone's
+weights, a registered model's artefacts (each refused with a short error). The file is never created."""
 
 import pickle
 import warnings
@@ -10,7 +10,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from detectors import ClipDetector, DeepKNN, FeatureCache
+from detectors import VLAD, ClipDetector, DeepKNN, FeatureCache
 from detectors.bundle import load_bundle, save_bundle
 from detectors.patchcore import cached_coreset
 from tiny_models import register_tiny_clip
@@ -101,6 +101,15 @@ def test_planted_text_features_of_a_clip_detector_are_refused(tmp_path):
     _plant(tmp_path / "clip" / "text.npy", tmp_path / "ran", "npy")
     with pytest.raises(ValueError, match="corrupt saved ClipDetector .* text.npy"):
         ClipDetector.load(tmp_path / "clip")
+    assert not (tmp_path / "ran").exists()
+
+
+def test_planted_weights_of_a_vlad_are_refused(tmp_path):
+    detector = VLAD(backbone="mobilenet_v2", layers=("mid", "last"), epochs=1, memory=100).fit(_images(3))
+    detector.save(tmp_path / "vlad")
+    _plant(tmp_path / "vlad" / "weights.safetensors", tmp_path / "ran", "pickle")
+    with pytest.raises(ValueError, match="corrupt saved VLAD"):
+        VLAD.load(tmp_path / "vlad")
     assert not (tmp_path / "ran").exists()
 
 
