@@ -19,7 +19,9 @@ omega * (BCE + adapted Dice) on the VL map against the mask at the finest grid, 
 1 - D / (D + beta), D = (2 sum(y yhat) + 1) / (sum(y) + sum(yhat) + 1). Adam with cosine annealing over
 `epochs`; mini-batches of BATCH images, seeded.
 
-Saved as params.json and weights.safetensors (adapters, prototypes, memories): nothing is unpickled.
+Training and scoring run on the FeatureCache's device: on CUDA in half precision (autocast, the losses in
+float32 with loss scaling), on the CPU in float32. Saved as params.json and weights.safetensors (adapters,
+prototypes, memories): nothing is unpickled.
 """
 
 import json
@@ -116,23 +118,29 @@ class VLAD(ScoresThroughFeatures, ScoresAndMaps):
                                                                                for m in generated.masks]
         labels = torch.tensor([0.0] * len(normals) + [1.0] * len(generated.images))
         grids = self._grids(images)
+        device = self._device()
         torch.manual_seed(self.seed)
-        self.heads_ = _Heads([grid.shape[1] for grid in grids], self.dim)
-        targets = _masks_at(masks, grids[self._finest(grids)].shape[-2:])
+        self.heads_ = _Heads([grid.shape[1] for grid in grids], self.dim).to(device)
+        targets = _masks_at(masks, grids[self._finest(grids)].shape[-2:]).to(device)
+        labels = labels.to(device)
         optimiser = torch.optim.Adam(self.heads_.parameters(), lr=self.lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=self.epochs)
+        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")  # half precision needs loss scaling
         order = torch.Generator().manual_seed(self.seed)
         self.losses_ = []
         for epoch in range(self.epochs):
             total = 0.0
             for batch in torch.randperm(len(images), generator=order).split(BATCH):
-                image_probability, vl_map = self._vision_language([grid[batch] for grid in grids])
+                with _half_on_cuda(device):
+                    image_probability, vl_map = self._vision_language([grid[batch].to(device) for grid in grids])
+                image_probability, vl_map = image_probability.float(), vl_map.float()  # losses in full precision
                 loss = (_focal(image_probability, labels[batch])
                         + self.omega * (F.binary_cross_entropy(vl_map, targets[batch])
                                         + _adapted_dice(vl_map, targets[batch], self.beta)))
                 optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimiser)
+                scaler.update()
                 total += loss.detach().item() * len(batch)
             schedule.step()
             self.losses_.append(total / len(images))
@@ -149,18 +157,26 @@ class VLAD(ScoresThroughFeatures, ScoresAndMaps):
         images = list(images)
         if maps:
             check_one_size(images)
+        device = self._device()
+        self.heads_.to(device)
+        self.memory_ = [memory.to(device) for memory in self.memory_]
         scores, all_maps = [], []
         for start in range(0, len(images), IMAGE_BATCH):
             batch = images[start:start + IMAGE_BATCH]
-            grids = self._grids(batch)
-            with torch.no_grad():
+            grids = [grid.to(device) for grid in self._grids(batch)]
+            with torch.no_grad(), _half_on_cuda(device):
                 image_probability, vl_map = self._vision_language(grids)
                 vv_map = self._vision_vision(grids)
-            scores.append((image_probability + vv_map.flatten(1).amax(dim=1)).double().numpy())
+            image_probability, patch_map = image_probability.float().cpu(), (vl_map + vv_map).float().cpu()
+            scores.append((image_probability + vv_map.float().cpu().flatten(1).amax(dim=1)).double().numpy())
             if maps:
-                all_maps.append(anomaly_maps(vl_map + vv_map, self._input_size(), batch[0].shape[:2]))
+                all_maps.append(anomaly_maps(patch_map, self._input_size(), batch[0].shape[:2]))
         self._forget_unshared()
         return np.concatenate(scores), (np.concatenate(all_maps) if maps else None)
+
+    def _device(self) -> torch.device:
+        """Where the heads train and score: the FeatureCache's device (CUDA in half precision)."""
+        return torch.device(self._cache().device)
 
     def _grids(self, images: list[np.ndarray]) -> list[torch.Tensor]:
         maps = self._cache().feature_maps(self.backbone, self.weights, self.layers, images)
@@ -195,13 +211,14 @@ class VLAD(ScoresThroughFeatures, ScoresAndMaps):
     def _remember(self, normal_grids: list[torch.Tensor]) -> None:
         """The memory: per stage, at most `memory` adapted normal patches, drawn at random (seeded)."""
         draw = torch.Generator().manual_seed(self.seed)
+        device = self._device()
         self.memory_ = []
         with torch.no_grad():
             for stage, grid in enumerate(normal_grids):
-                patches = self.heads_.adapt(stage, grid).reshape(-1, self.dim)
+                patches = self.heads_.adapt(stage, grid.to(device)).float().reshape(-1, self.dim).cpu()
                 if len(patches) > self.memory:
                     patches = patches[torch.randperm(len(patches), generator=draw)[: self.memory]]
-                self.memory_.append(patches.contiguous())
+                self.memory_.append(patches.contiguous().to(device))
 
     def save(self, directory) -> None:
         """params.json and weights.safetensors (adapters, prototypes and the memories)."""
@@ -212,8 +229,8 @@ class VLAD(ScoresThroughFeatures, ScoresAndMaps):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / PARAMS_FILE).write_text(json.dumps({"format": _FORMAT, **self.get_params()}, indent=2))
-        tensors = {f"heads.{name}": value.detach().contiguous() for name, value in self.heads_.state_dict().items()}
-        tensors.update({f"memory.{stage}": memory for stage, memory in enumerate(self.memory_)})
+        tensors = {f"heads.{name}": value.detach().cpu().contiguous() for name, value in self.heads_.state_dict().items()}
+        tensors.update({f"memory.{stage}": memory.cpu().contiguous() for stage, memory in enumerate(self.memory_)})
         save_file(tensors, str(directory / WEIGHTS_FILE))
 
     @classmethod
@@ -239,6 +256,10 @@ class VLAD(ScoresThroughFeatures, ScoresAndMaps):
         except (ValueError, TypeError, KeyError, RuntimeError, OSError, SafetensorError) as error:
             raise ValueError(f"corrupt saved VLAD in {directory}: {error}") from None
         return detector
+
+
+def _half_on_cuda(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda")
 
 
 def _to_grid(patch_map: torch.Tensor, size) -> torch.Tensor:
