@@ -38,6 +38,7 @@ RUN_ID_ATTR = "mlflow_run_id"
 DIGEST_ATTR = "evidence_digest"
 SURPLUS = "surplus"  # user attribute of a trial stopped because the study already had its total
 PRUNER_STARTUP = 5  # trials the median pruner lets finish before it compares
+REPORT_EVERY = 5  # epochs between reports: scoring the synthetic sets costs several epochs of training
 # selection settings a search does not use (its trials choose k; it ranks no controls, ensembles or prior)
 _NOT_SEARCH_PARAMS = ("tracking_uri", "store", "feature_dir", "k", "controls", "ensemble", "prior")
 
@@ -126,9 +127,11 @@ class TrialObjective:
         return row["synthetic_auroc"]
 
     def _report_to(self, trial: optuna.Trial):
-        """For detectors trained in epochs: after each, the synthetic AUROC reported to the trial, which the
-        study's pruner may stop."""
+        """For detectors trained in epochs: after every REPORT_EVERY-th, the synthetic AUROC reported to the
+        trial, which the study's pruner may stop."""
         def report(epoch: int, detector) -> None:
+            if (epoch + 1) % REPORT_EVERY:
+                return
             value = synthetic_auroc(detector, self.evidence)
             trial.report(value, epoch)
             if trial.should_prune():
@@ -328,9 +331,9 @@ def _finished(study: optuna.Study) -> int:
 
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
     """Optuna's pruner by name (config.PRUNERS): the median one waits for PRUNER_STARTUP trials and judges from
-    the second epoch on."""
+    the second report on."""
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP, n_warmup_steps=REPORT_EVERY)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1)
     if name == "none":

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 FAMILIES = ("cutpaste", "perlin", "nsa")
 STAGE_CHOICES = {"early+mid+last": ("early", "mid", "last"), "early+mid": ("early", "mid"), "mid+last": ("mid", "last")}
-MEMORY_CHOICES = (2_000, 10_000, 50_000)
+MEMORY_CHOICES = (1_000, 3_000, 10_000)  # the memory search dominates scoring: its cost grows with the size
 
 
 @dataclass(frozen=True)

@@ -91,15 +91,15 @@ def test_a_lagging_vlad_trial_reports_each_epoch_is_pruned_and_marked_in_mlflow(
     with mlflow.start_run() as parent:
         pass
     objective = TrialObjective(config, gather_evidence(config.selection), FeatureCache(), parent.info.run_id)
-    # a bar no detector reaches after its second epoch: every trial reports, then is pruned
-    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.01, n_warmup_steps=1),
+    # a bar no detector reaches, judged from the second report (epoch 10) on: every trial reports, then is pruned
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.01, n_warmup_steps=5),
                                 sampler=optuna.samplers.RandomSampler(seed=0))
-    study.enqueue_trial({"backbone": "mobilenet_v2", "family": "perlin", "stages": "mid+last", "epochs": 10,
-                         "lr": 1e-3, "omega": 6.0, "beta": 1.0, "memory": 2000})
+    study.enqueue_trial({"backbone": "mobilenet_v2", "family": "perlin", "stages": "mid+last", "epochs": 15,
+                         "lr": 1e-3, "omega": 6.0, "beta": 1.0, "memory": 1000})
     study.optimize(objective, n_trials=1, callbacks=[objective.log_trial])
     (trial,) = study.trials
-    assert trial.state == optuna.trial.TrialState.PRUNED and sorted(trial.intermediate_values) == [0, 1]
-    assert all(0.5 < value <= 1 for value in trial.intermediate_values.values())  # synthetic AUROC per epoch
+    assert trial.state == optuna.trial.TrialState.PRUNED and sorted(trial.intermediate_values) == [4, 9]
+    assert all(0.5 < value <= 1 for value in trial.intermediate_values.values())  # synthetic AUROC, every 5 epochs
     (run,) = MlflowClient().search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert run.data.tags["optuna.state"] == "pruned" and run.data.tags["pruned_after_epochs"] == "2"
-    assert run.data.metrics["synthetic_auroc"] == pytest.approx(trial.intermediate_values[1])
+    assert run.data.tags["optuna.state"] == "pruned" and run.data.tags["pruned_after_epochs"] == "10"
+    assert run.data.metrics["synthetic_auroc"] == pytest.approx(trial.intermediate_values[9])
