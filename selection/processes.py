@@ -14,7 +14,7 @@ def ended_on_this_host(process: str) -> bool:
     """Whether `process` (host:pid, as this_process writes it) ran on this host and no longer exists. False
     for another host's process, whose life cannot be seen from here."""
     host, _, pid = process.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    if host != socket.gethostname() or not pid.isdigit() or os.name != "posix":  # Windows' kill(pid, 0) is Ctrl-C
         return False
     try:
         os.kill(int(pid), 0)

@@ -1,7 +1,6 @@
 """Everything selection records in MLflow: the selection's parent run, a child run per candidate, the
 synthetic validation sets as MLflow datasets, and the leaderboard. The only module that logs runs."""
 
-import fcntl
 import json
 import tempfile
 import time
@@ -47,7 +46,11 @@ def configure(tracking_uri: str | None, experiment: str) -> str:
 def _creating_alone(database: Path | None):
     """Around the first use of a local SQLite store: one process at a time, since MLflow creates and migrates
     the database on first use and two processes doing so at once collide ("duplicate column name")."""
-    if database is None:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX (Windows): no lock, as before
+        fcntl = None
+    if database is None or fcntl is None:
         yield
         return
     with open(database.with_name(database.name + ".lock"), "a") as lock:

@@ -1,5 +1,6 @@
 """A selection killed (SIGKILL, a real child process) while it generates a synthetic set, while it extracts
-features, and while it records in MLflow, each time run again with the same command: the last run ends with
+features, while it scores (a PatchCore coreset is written) and while it records in MLflow, each time run
+again with the same command: the last run ends with
 the leaderboard of an uninterrupted run, reusing what was complete; the run the kill left RUNNING is marked
 KILLED; the killed writer's staging folder is gone; every model version carries its evidence and the
 champion alias points at one that does."""
@@ -18,7 +19,7 @@ from selection.config import CHAMPION
 
 REPO = Path(__file__).resolve().parents[2]
 SELECTION = ["--task", "mvtec/bottle", "--max-support", "60", "--max-validation", "30", "--n-anomalies", "20",
-             "--backbones", "mobilenet_v2", "--detectors", "knn", "--ensemble", "none", "--generators",
+             "--backbones", "mobilenet_v2", "--detectors", "knn,patchcore", "--ensemble", "none", "--generators",
              "cutpaste,perlin", "--experiment", "killed"]
 EVIDENCE_TAGS = ("candidate", "dataset_digest", "synthetic_auroc", "promotion", "synthetic_scores")
 
@@ -42,6 +43,7 @@ def _running_selection(database: Path) -> bool:
 TRIGGERS = {  # what shows the process is in that phase, seen from outside
     "generation": lambda place: any(p.name.startswith(".") for p in (place / "synthetic").glob(".*")),
     "features": lambda place: any((place / "features").rglob("*.npz")),
+    "scoring": lambda place: any((place / "features" / "coresets").glob("*.npy")),
     "recording": lambda place: _running_selection(place / "mlflow.db"),
 }
 
@@ -90,6 +92,7 @@ def test_a_selection_killed_in_each_phase_resumes_to_the_uninterrupted_result(mv
     assert staging  # what the killed writer left
     _kill_when("features", command, killed)
     assert not any(p.exists() for p in staging)  # removed by the next run: its writer is gone
+    _kill_when("scoring", command, killed)
     _kill_when("recording", command, killed)
     out = _finish(command, killed)
 
