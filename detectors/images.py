@@ -43,8 +43,8 @@ def load_mask(path) -> np.ndarray:
         raise ImageReadError(f"cannot read mask {path}: {_reason(error)}") from error
 
 
-MODE_NAMES = {"L": "8-bit grey", "LA": "grey with alpha (dropped)", "P": "palette", "PA": "palette with alpha (dropped)",
-              "RGBA": "RGBA (alpha dropped)", "CMYK": "CMYK", "1": "1-bit", "F": "32-bit float grey",
+MODE_NAMES = {"L": "8-bit grey", "LA": "grey with alpha (dropped)", "P": "palette",
+              "PA": "palette with alpha (dropped)", "RGBA": "RGBA (alpha dropped)", "CMYK": "CMYK", "1": "1-bit", "F": "32-bit float grey",
               **{mode: "16-bit grey (rescaled to 8 bits)" for mode in _SIXTEEN_BIT_MODES}}
 
 
@@ -68,7 +68,8 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """An (H, W) float32 mask at `size` (H, W), nearest neighbour so that it stays as sharp as it was."""
     if mask.shape == tuple(size):
         return mask
-    return np.asarray(Image.fromarray(np.asarray(mask, dtype=np.float32)).resize((size[1], size[0]), Image.NEAREST), dtype=np.float32)
+    resized = Image.fromarray(np.asarray(mask, dtype=np.float32)).resize((size[1], size[0]), Image.NEAREST)
+    return np.asarray(resized, dtype=np.float32)
 
 
 def _to_rgb8(image: Image.Image) -> np.ndarray:

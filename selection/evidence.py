@@ -162,8 +162,16 @@ def score_candidate(candidate: Candidate, evidence: Evidence, features: FeatureC
 
 def synthetic_auroc(detector: Detector, evidence: Evidence) -> float:
     """The detector's mean image AUROC over the synthetic sets."""
-    return float(np.mean([auroc(vs.labels, detector.anomaly_scores(evidence.synthetic_images[vs.generator]),
-                                f"synthetic set {vs.generator}") for vs in evidence.validation_sets]))
+    scores = {vs.generator: detector.anomaly_scores(evidence.synthetic_images[vs.generator])
+              for vs in evidence.validation_sets}
+    return _synthetic_aurocs(scores, evidence)["synthetic_auroc"]
+
+
+def _synthetic_aurocs(scores: dict[str, np.ndarray], evidence: Evidence) -> dict[str, float]:
+    """synthetic_auroc/<generator> on each synthetic set, and synthetic_auroc, their mean."""
+    aurocs = {f"synthetic_auroc/{vs.generator}": auroc(vs.labels, scores[vs.generator], f"synthetic set {vs.generator}")
+              for vs in evidence.validation_sets}
+    return {**aurocs, "synthetic_auroc": float(np.mean(list(aurocs.values())))}
 
 
 def _score_set(detector: Detector, images, masks: np.ndarray | None, set_name: str) -> tuple[np.ndarray, dict]:
@@ -215,9 +223,7 @@ def _scored(candidate, detector, scores: dict[str, np.ndarray], real_scores: np.
            "ensemble": isinstance(candidate, EnsembleCandidate)}
     if TRAINING_FAMILY in candidate.params:  # a detector trained on generated anomalies (VLAD)
         row[TRAINED_ON] = candidate.params[TRAINING_FAMILY]
-    for vs in evidence.validation_sets:
-        row[f"synthetic_auroc/{vs.generator}"] = auroc(vs.labels, scores[vs.generator], f"synthetic set {vs.generator}")
-    row["synthetic_auroc"] = float(np.mean([row[f"synthetic_auroc/{vs.generator}"] for vs in evidence.validation_sets]))
+    row.update(_synthetic_aurocs(scores, evidence))
     if real_scores is not None:
         row["real_auroc"] = auroc(evidence.real_labels, real_scores, f"real validation set of {evidence.task.name}")
     return ScoredCandidate(row, detector, scores, real_scores)

@@ -61,8 +61,8 @@ def run_selection(config: SelectionConfig) -> SelectionResult:
                       {name: item.synthetic_scores for name, item in scored.items()}, config.confidence, config.seed,
                       load_calibration(config.generators, prior_kind(config, ensemble)))
     result = SelectionResult(evidence.task, leaderboard, by_name[decision.chosen], decision, evidence.validation_sets,
-                             features=features, warnings=interrupted + evidence.notes + control_warnings(leaderboard), scored=scored,
-                             real_labels=evidence.real_labels)
+                             features=features, warnings=interrupted + evidence.notes + control_warnings(leaderboard),
+                             scored=scored, real_labels=evidence.real_labels)
     if evidence.has_real_labels and len(candidates) > 1:
         result.comparisons = _compare(leaderboard, evidence.validation_sets, baseline)
     _record(config, result, by_name, scored[decision.chosen].detector)

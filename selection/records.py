@@ -21,6 +21,7 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 from sqlalchemy.exc import SQLAlchemyError
 
+from selection.containment import first_outside
 from selection.redaction import hide_password, without_password
 
 
@@ -361,10 +362,8 @@ def anomalies(folder: str | Path) -> pd.DataFrame:
         raise RecordError(f"the synthetic set's images are not at {folder} (deleted, or stored on another "
                           "machine)") from error
     table = table[table["label"] == 1].reset_index(drop=True)
-    inside = Path(folder).resolve()
-    for path in [*table["path"], *table["mask_path"]]:
-        if path and not Path(path).resolve().is_relative_to(inside):  # a manifest is read, never trusted
-            raise RecordError(f"the synthetic set's manifest at {folder} names {path}, outside the set")
+    if outside := first_outside([*table["path"], *table["mask_path"]], folder):
+        raise RecordError(f"the synthetic set's manifest at {folder} names {outside}, outside the set")
     return table
 
 

@@ -2,7 +2,6 @@
 
 import argparse
 import json
-import os
 import sys
 
 from generation import list_generators
@@ -10,7 +9,7 @@ from generation.models import CUT_MODEL, DIFFSTYLE_MODEL
 from selection.candidates import ENSEMBLES, LAYERS, OFFLINE_BACKBONES, list_kinds
 from selection.config import DEFAULT_TRACKING_URI, SelectionConfig
 from selection.confidence import DEFAULT_CONFIDENCE
-from selection.tasks import available_task_kinds
+from selection.tasks import available_task_kinds, not_utf8
 
 DEFAULT_TASK = "elpv"  # installs from PyPI, so the default run works offline
 DEFAULT_TASK_LIMITS = {"max_support": 240, "max_validation": 200}  # keeps the default run to a few minutes
@@ -46,11 +45,8 @@ def integer_option(minimum: int):
 def text_option(text: str) -> str:
     """An argparse type for paths and names MLflow records: text that is valid UTF-8 (a path read from a
     disk may hold bytes that are not, which no MLflow store can hold)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise argparse.ArgumentTypeError(f"{os.fsencode(text)!r} is not valid UTF-8, and MLflow records it as "
-                                         "text: rename it") from None
+    if problem := not_utf8(text):
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 

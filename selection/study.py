@@ -9,7 +9,6 @@ and the others take over its share. Running the same command again resumes the s
 
 import multiprocessing
 import os
-import socket
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -26,9 +25,10 @@ from detectors import FeatureCache
 from selection import registry, tracking
 from selection.candidates import Candidate, default_candidates, largest_pretrained
 from selection.environment import temporary_environment
+from selection.processes import this_process
 from selection.evidence import (Evidence, check_candidates, evidence_digest, gather_evidence, score_candidate,
                                 synthetic_auroc)
-from selection.config import SearchConfig, SelectionConfig
+from selection.config import PRUNERS, SearchConfig, SelectionConfig
 from selection.confidence import Decision, decide
 from selection.scoring import RankingComparison, compare_rankings
 from selection.report import Report
@@ -117,7 +117,7 @@ class TrialObjective:
         if _trials_ahead(trial) >= self.n_trials:
             trial.set_user_attr(SURPLUS, True)
             raise optuna.TrialPruned(f"over the study's total of {self.n_trials} trials")
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("worker", this_process())
         candidate = self.space(trial, self.bounds)
         trial.set_user_attr("candidate", candidate.name)
         row = score_candidate(candidate, self.evidence, self.features, on_epoch=self._report_to(trial)).row
@@ -338,7 +338,7 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
         return optuna.pruners.HyperbandPruner(min_resource=1)
     if name == "none":
         return optuna.pruners.NopPruner()
-    raise ValueError(f"unknown pruner {name!r}; known: median, hyperband, none")
+    raise ValueError(f"unknown pruner {name!r}; known: {', '.join(PRUNERS)}")
 
 
 def _trials_ahead(trial: optuna.Trial) -> int:

@@ -170,12 +170,18 @@ def _images_in(folder: Path) -> tuple[Path, ...]:
     if not images:
         raise TaskError(f"no images in {folder} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
     for image in images:
-        try:
-            str(image).encode("utf-8")
-        except UnicodeEncodeError:  # MLflow records every image's path as text
-            raise TaskError(f"image path {os.fsencode(image)!r} is not valid UTF-8, and MLflow records it as text: "
-                            "rename it") from None
+        if problem := not_utf8(image):  # MLflow records every image's path as text
+            raise TaskError(f"image path {problem}")
     return images
+
+
+def not_utf8(text) -> str | None:
+    """Why `text` (a path or name, as a disk may spell it) cannot be recorded in MLflow, or None if it can."""
+    try:
+        str(text).encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{os.fsencode(text)!r} is not valid UTF-8, and MLflow records it as text: rename it"
+    return None
 
 
 def _load_visa(root: Path, category: str) -> Task:

@@ -24,6 +24,7 @@ from PIL import Image
 from detectors import image_digest, load_rgb
 from detectors.images import resize_image
 from generation import create_generator
+from selection.containment import first_outside
 from selection.processes import ended_on_this_host, this_process
 
 MANIFEST = "manifest.csv"
@@ -146,11 +147,8 @@ def damage(directory: Path) -> str | None:
 def _escape(directory: Path, heldout_paths: list[Path]) -> str | None:
     """A manifest path that leads out of the set, other than the request's own held-out normals; None if none."""
     manifest = pd.read_csv(directory / MANIFEST, keep_default_na=False)
-    allowed = {str(Path(path).resolve()) for path in heldout_paths}
-    inside = directory.resolve()
-    for path in [*manifest["path"], *manifest["mask_path"]]:
-        if path and not Path(path).resolve().is_relative_to(inside) and str(Path(path).resolve()) not in allowed:
-            return f"{MANIFEST} names {path}, outside the set"
+    if outside := first_outside([*manifest["path"], *manifest["mask_path"]], directory, heldout_paths):
+        return f"{MANIFEST} names {outside}, outside the set"
     return None
 
 
